@@ -1,0 +1,354 @@
+"""The experiment schema: YAML in, frozen dataclasses out, every key checked when loaded.
+
+Constraints are data (as in scikit-learn's parameter validation): each field may carry `Options`
+or `Interval` in its metadata, and one checker walks the schema, so an error always names the full
+key (`train.optimizer`), the allowed values and the value it got.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from fer_bench import EMOTIONS
+from fer_bench.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Options:
+    values: tuple[Any, ...]
+
+    def check(self, key: str, value: Any) -> None:
+        if value not in self.values:
+            raise ConfigError(f"{key} must be one of {list(self.values)}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class Interval:
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+
+    def check(self, key: str, value: Any) -> None:
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and value > self.high
+        if too_low or too_high:
+            low = "-inf" if self.low is None else self.low
+            high = "inf" if self.high is None else self.high
+            bracket = "(" if self.low_open else "["
+            raise ConfigError(f"{key} must be in {bracket}{low}, {high}]; got {value!r}")
+
+
+def _field(default: Any, constraint: Options | Interval | None = None, doc: str = "") -> Any:
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"check": constraint, "doc": doc})
+    return field(default=default, metadata={"check": constraint, "doc": doc})
+
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = _field("auto", doc="auto | folder | csv | kaggle")
+    path: str | None = _field(None, doc="data directory or fer2013.csv; null downloads with kagglehub")
+    classes: list[str] | None = _field(None, doc="subset of emotions to keep, in this order; null = all 7")
+    input_size: int = _field(48, Interval(32, 512), "side in pixels that the model sees (resized inside the model)")
+    colour: str = _field("grayscale", Options(("grayscale", "rgb")), "rgb replicates the grey channel")
+    validation_fraction: float = _field(0.1, Interval(0.0, 0.5, low_open=True),
+                                        "stratified split of train, used only when the source has no PublicTest")
+    max_per_class: int | None = _field(None, Interval(1), "keep at most this many images per class and split")
+    cache: bool = _field(True, doc="cache decoded arrays on disk, keyed by a fingerprint of the source")
+
+
+@dataclass(frozen=True)
+class FineTuneConfig:
+    head_epochs: int = _field(3, Interval(0), "phase 1: epochs with the backbone frozen")
+    unfreeze_top: int = _field(30, Interval(0), "phase 2: number of top backbone layers to train")
+    learning_rate: float = _field(1e-4, Interval(0.0, low_open=True), "phase 2 learning rate")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = _field("custom_cnn", doc="a key of the model registry (`fer-bench models`)")
+    params: dict[str, Any] = _field({}, doc="keyword arguments of the model builder")
+    weights: str | None = _field(None, doc="imagenet | null | path to a weights file (backbones only)")
+    fine_tune: FineTuneConfig | None = _field(None, doc="two-phase fine-tune; null trains all layers at once")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: str = _field("adam", Options(("adam", "adamw", "sgd", "rmsprop")))
+    learning_rate: float = _field(1e-3, Interval(0.0, low_open=True), "initial rate (the head phase of a fine-tune)")
+    weight_decay: float = _field(0.0, Interval(0.0), "decoupled weight decay (adamw, sgd)")
+    momentum: float = _field(0.9, Interval(0.0, 1.0), "sgd and rmsprop momentum")
+    schedule: str = _field("plateau", Options(("constant", "cosine", "plateau")))
+    plateau_patience: int = _field(3, Interval(1), "epochs without a better val_loss before the rate is cut")
+    plateau_factor: float = _field(0.5, Interval(0.0, 1.0, low_open=True), "multiplier at each cut")
+    epochs: int = _field(30, Interval(1), "maximum epochs (of the fine-tune phase, for a backbone)")
+    batch_size: int = _field(64, Interval(1), "per replica: multiplied by the number of GPUs")
+    early_stopping_patience: int | None = _field(8, Interval(1), "null disables early stopping")
+    label_smoothing: float = _field(0.0, Interval(0.0, 0.5), "0 = plain one-hot targets")
+    class_weight: str | dict[str, float] = _field("none", doc="none | balanced | {emotion: weight}")
+    seed: int = _field(42, Interval(0), "seeds Python, NumPy, TensorFlow, splits, shuffling, augmentation")
+    deterministic: bool = _field(False, doc="TensorFlow op determinism: reproducible, somewhat slower")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    flip: bool = _field(False, doc="random horizontal flip")
+    rotation: float = _field(0.0, Interval(0.0, 180.0), "max rotation in degrees")
+    zoom: float = _field(0.0, Interval(0.0, 0.9), "max zoom in or out, as a fraction")
+    shift: float = _field(0.0, Interval(0.0, 0.5), "max shift, as a fraction of the side")
+
+    @property
+    def enabled(self) -> bool:
+        return self.flip or self.rotation > 0 or self.zoom > 0 or self.shift > 0
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    mixed_precision: bool | str = _field(AUTO, doc="auto (on with a GPU) | true | false")
+    jit_compile: bool | str = _field(AUTO, doc="auto (on with a GPU) | true | false")
+    distribution: str = _field(AUTO, Options((AUTO, "none", "mirrored", "multi_worker")),
+                               "auto picks MirroredStrategy when there are several GPUs")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str | None = _field(None, doc="run name; defaults to the config file's stem")
+    description: str = _field("", doc="free text, kept with the run")
+    data: DataConfig = _field(None)
+    model: ModelConfig = _field(None)
+    train: TrainConfig = _field(None)
+    augment: AugmentConfig = _field(None)
+    runtime: RuntimeConfig = _field(None)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.data.classes) if self.data.classes else EMOTIONS
+
+
+# --- building and checking -------------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    if _is_union(tp):
+        return " or ".join(_type_name(arg) for arg in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    origin = typing.get_origin(tp)
+    if origin is not None:
+        return {dict: "mapping", list: "list"}.get(origin, str(origin))
+    return {int: "int", float: "number", str: "string", bool: "bool"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (Union, types.UnionType)
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Return `value` as type `tp`, or raise ConfigError naming the key."""
+    if _is_union(tp):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key} must be {_type_name(tp)}; got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+    elif dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    elif tp is Any:
+        return value
+    elif typing.get_origin(tp) is list:
+        (item_type,) = typing.get_args(tp)
+        if isinstance(value, list):
+            return [_coerce(f"{key}[{i}]", item, item_type) for i, item in enumerate(value)]
+    elif typing.get_origin(tp) is dict:
+        _, value_type = typing.get_args(tp)
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return {k: _coerce(f"{key}.{k}", v, value_type) for k, v in value.items()}
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key} must be {_type_name(tp)}; got {value!r}")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    """Build dataclass `cls` from a mapping, checking keys, types and constraints."""
+    where = prefix or "the config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping; got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(allowed))
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise ConfigError(f"unknown key {key!r}; allowed keys{' in ' + prefix if prefix else ''}: {allowed}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if f.name in raw:
+            value = _coerce(key, raw[f.name], hints[f.name])
+        elif dataclasses.is_dataclass(_dataclass_in(hints[f.name])) and not _allows_none(hints[f.name]):
+            value = _build(_dataclass_in(hints[f.name]), {}, key)
+        else:
+            value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        check = f.metadata.get("check")
+        if check is not None and value is not None and not isinstance(value, (dict, list)):
+            check.check(key, value)
+        values[f.name] = value
+    return cls(**values)
+
+
+def _dataclass_in(tp: Any) -> Any:
+    if _is_union(tp):
+        return next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), None)
+    return tp
+
+
+def _allows_none(tp: Any) -> bool:
+    return _is_union(tp) and type(None) in typing.get_args(tp)
+
+
+def _check_semantics(exp: Experiment) -> None:
+    """Rules that span fields: each names the key to change."""
+    if exp.data.classes is not None:
+        unknown = [c for c in exp.data.classes if c not in EMOTIONS]
+        if unknown:
+            raise ConfigError(f"data.classes: unknown {unknown[0]!r}; choose from {list(EMOTIONS)}")
+        if len(set(exp.data.classes)) < 2 or len(set(exp.data.classes)) != len(exp.data.classes):
+            raise ConfigError(f"data.classes must name at least 2 distinct emotions; got {exp.data.classes}")
+    cw = exp.train.class_weight
+    if isinstance(cw, str) and cw not in ("none", "balanced"):
+        raise ConfigError(f"train.class_weight must be one of ['none', 'balanced'] or a mapping; got {cw!r}")
+    if isinstance(cw, dict):
+        unknown = sorted(set(cw) - set(exp.classes))
+        if unknown:
+            raise ConfigError(f"train.class_weight: unknown class {unknown[0]!r}; choose from {list(exp.classes)}")
+    for key in ("mixed_precision", "jit_compile"):
+        value = getattr(exp.runtime, key)
+        if isinstance(value, str) and value != AUTO:
+            raise ConfigError(f"runtime.{key} must be one of ['auto', true, false]; got {value!r}")
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse `a.b=c` into (['a', 'b'], c), reading c as YAML so that numbers and null work."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. train.epochs=3); got {text!r}")
+    key, raw_value = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set: bad key {key!r}")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value {raw_value!r} is not valid YAML ({exc.__class__.__name__})") from None
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `raw` with each `a.b=c` override set (unknown keys are caught by the schema)."""
+    import copy
+
+    result = copy.deepcopy(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = result
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping with `yaml.safe_load`, turning every failure into a one-line ConfigError."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.__class__.__name__}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections; got {type(raw).__name__}")
+    return raw
+
+
+def from_dict(raw: dict[str, Any]) -> Experiment:
+    """Validate a raw mapping and return the frozen Experiment."""
+    exp = _build(Experiment, raw, "")
+    _check_semantics(exp)
+    return exp
+
+
+def load_config(path: Path | str, overrides: list[str] | None = None) -> Experiment:
+    """Load, override and validate one experiment file; the name defaults to the file's stem."""
+    path = Path(path)
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    raw.setdefault("name", path.stem)
+    return from_dict(raw)
+
+
+def to_dict(exp: Experiment) -> dict[str, Any]:
+    """The resolved config as plain data, ready for `yaml.safe_dump`."""
+    return dataclasses.asdict(exp)
+
+
+def describe_schema() -> list[tuple[str, str, Any, str]]:
+    """(key, type, default, doc) for every key: the source of README's config reference."""
+    rows = []
+
+    def walk(cls: type, prefix: str, optional_section: bool = False) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            key = f"{prefix}{f.name}"
+            inner = _dataclass_in(hints[f.name])
+            if dataclasses.is_dataclass(inner):
+                walk(inner, key + ".", _allows_none(hints[f.name]))
+                continue
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            check = f.metadata.get("check")
+            doc = f.metadata.get("doc", "")
+            if isinstance(check, Options) and not doc:
+                doc = " | ".join(map(str, check.values))
+            if optional_section:
+                doc = f"(when `{prefix.rstrip('.')}` is set) {doc}"
+            rows.append((key, _type_name(hints[f.name]), default, doc))
+
+    walk(Experiment, "")
+    return rows

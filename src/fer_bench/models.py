@@ -1,0 +1,205 @@
+"""The model registry: one builder function per model name, each returning an uncompiled Keras model.
+
+Every model takes the raw data as stored: (48, 48, 1) grey pixels in 0-255, and does its own
+rescaling, resizing and grey-to-RGB inside, so a saved `model.keras` needs no outside preprocessing.
+Backbones are called as a layer named `backbone` (in inference mode, so BatchNorm statistics stay
+fixed while fine-tuning), and every model names its penultimate layer `features`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fer_bench.config import Experiment
+from fer_bench.errors import ConfigError, FerBenchError
+
+INPUT_SHAPE = (48, 48, 1)
+BACKBONE_LAYER = "backbone"
+FEATURE_LAYER = "features"
+# Arguments every builder receives from the runner; the rest come from `model.params`.
+COMMON_ARGS = ("num_classes", "input_size", "colour", "weights")
+
+MODELS: dict[str, Callable[..., Any]] = {}
+BACKBONES: set[str] = set()
+
+
+def register(name: str, backbone: bool = False) -> Callable:
+    def add(builder: Callable) -> Callable:
+        if name in MODELS:
+            raise ValueError(f"model {name!r} registered twice")
+        MODELS[name] = builder
+        if backbone:
+            BACKBONES.add(name)
+        return builder
+
+    return add
+
+
+def model_params(name: str) -> dict[str, Any]:
+    """The builder's own parameters (beyond COMMON_ARGS) and their defaults."""
+    signature = inspect.signature(MODELS[name])
+    return {p.name: p.default for p in signature.parameters.values() if p.name not in COMMON_ARGS}
+
+
+def check_model_config(exp: Experiment) -> None:
+    """Config checks that need the registry: the name, its parameters and the weights."""
+    cfg = exp.model
+    if cfg.name not in MODELS:
+        raise ConfigError(f"model.name: unknown {cfg.name!r}; choose from {sorted(MODELS)}")
+    allowed = model_params(cfg.name)
+    unknown = sorted(set(cfg.params) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown key 'model.params.{unknown[0]}' for {cfg.name}; allowed: {sorted(allowed)}")
+    if cfg.name in BACKBONES:
+        if exp.data.colour != "rgb":
+            raise ConfigError(f"data.colour must be 'rgb' for {cfg.name} (an ImageNet backbone); got {exp.data.colour!r}")
+    else:
+        if cfg.weights == "imagenet":
+            raise ConfigError(f"model.weights: {cfg.name} has no ImageNet weights; use null or a weights file")
+        if cfg.fine_tune is not None:
+            raise ConfigError(f"model.fine_tune applies to backbones {sorted(BACKBONES)}, not {cfg.name}; set it to null")
+    if cfg.weights not in (None, "imagenet") and not Path(cfg.weights).is_file():
+        raise ConfigError(f"model.weights: file not found: {cfg.weights} (use imagenet, null or a weights file)")
+
+
+def build_model(exp: Experiment) -> Any:
+    """Build the configured model for `len(exp.classes)` classes."""
+    check_model_config(exp)
+    builder = MODELS[exp.model.name]
+    try:
+        return builder(num_classes=len(exp.classes), input_size=exp.data.input_size, colour=exp.data.colour,
+                       weights=exp.model.weights, **exp.model.params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model.params for {exp.model.name}: {str(exc).splitlines()[0]}") from None
+
+
+def load_model(path: Path | str) -> Any:
+    """Load a saved `model.keras` in Keras' safe mode (no arbitrary code), with a one-line error on failure."""
+    import keras  # here, not at top: keeps the CLI fast
+
+    from fer_bench import layers  # noqa: F401 - registers the custom layers for deserialisation
+
+    path = Path(path)
+    if not path.is_file():
+        raise FerBenchError(f"model file not found: {path}")
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
+        raise FerBenchError(f"cannot load {path} as a Keras model ({exc.__class__.__name__})") from None
+
+
+# --- builders --------------------------------------------------------------------------------
+
+def _classifier_head(x: Any, num_classes: int, dense_units: int, dropout: float) -> Any:
+    import keras
+
+    x = keras.layers.Dropout(dropout)(x)
+    if dense_units:
+        x = keras.layers.Dense(dense_units, activation="relu")(x)
+        x = keras.layers.Dropout(dropout)(x)
+    # A named identity marks the feature vector that feature-based classifiers read.
+    x = keras.layers.Identity(name=FEATURE_LAYER)(x)
+    # float32 softmax: stable under mixed precision.
+    return keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
+
+
+@register("custom_cnn")
+def custom_cnn(num_classes: int, input_size: int = 48, colour: str = "grayscale", weights: str | None = None,
+               filters: list[int] = (32, 64, 128, 256), convs_per_block: int = 2, batch_norm: bool = True,
+               block_dropout: float = 0.25, dense_units: int = 256, dropout: float = 0.5,
+               l2: float = 0.0) -> Any:
+    """VGG-style blocks of 3x3 convolutions, each block ending in max-pooling and dropout."""
+    import keras
+
+    from fer_bench.layers import GreyToRGB
+
+    regulariser = keras.regularizers.L2(l2) if l2 else None
+    inputs = keras.Input(INPUT_SHAPE, name="pixels")
+    x = keras.layers.Rescaling(1.0 / 255)(inputs)
+    if input_size != INPUT_SHAPE[0]:
+        x = keras.layers.Resizing(input_size, input_size)(x)
+    if colour == "rgb":
+        x = GreyToRGB()(x)
+    for width in filters:
+        for _ in range(convs_per_block):
+            x = keras.layers.Conv2D(int(width), 3, padding="same", use_bias=not batch_norm,
+                                    kernel_regularizer=regulariser)(x)
+            if batch_norm:
+                x = keras.layers.BatchNormalization()(x)
+            x = keras.layers.Activation("relu")(x)
+        x = keras.layers.MaxPooling2D()(x)
+        x = keras.layers.Dropout(block_dropout)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, _classifier_head(x, num_classes, dense_units, dropout), name="custom_cnn")
+    if weights is not None:
+        _load_weights_file(model, weights)
+    return model
+
+
+def _load_weights_file(model: Any, path: str) -> None:
+    try:
+        model.load_weights(path)
+    except Exception as exc:  # noqa: BLE001 - shape and format errors come in many types
+        raise FerBenchError(f"cannot load weights from {path} into {model.name} ({exc.__class__.__name__})") from None
+
+
+def _backbone_model(family: str, application: Callable, num_classes: int, input_size: int,
+                    weights: str | None, dense_units: int, dropout: float, **application_args: Any) -> Any:
+    """ImageNet backbone without its top, behind in-model resize, grey-to-RGB and its own preprocessing."""
+    import keras
+
+    from fer_bench.layers import BackbonePreprocess, GreyToRGB
+
+    try:
+        base = application(include_top=False, weights=weights, input_shape=(input_size, input_size, 3),
+                           name=BACKBONE_LAYER, **application_args)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Keras turns a failed download into a bare Exception
+        if weights == "imagenet":
+            raise FerBenchError(
+                f"could not download ImageNet weights for {family} ({exc.__class__.__name__}); without a network "
+                "set model.weights to a local 'notop' weights file, or to null to train from scratch"
+            ) from None
+        raise FerBenchError(f"cannot load weights {weights} into {family} ({exc.__class__.__name__})") from None
+    inputs = keras.Input(INPUT_SHAPE, name="pixels")
+    x = inputs
+    if input_size != INPUT_SHAPE[0]:
+        x = keras.layers.Resizing(input_size, input_size)(x)
+    x = GreyToRGB()(x)
+    x = BackbonePreprocess(family)(x)
+    x = base(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, _classifier_head(x, num_classes, dense_units, dropout), name=family)
+
+
+@register("mobilenetv2", backbone=True)
+def mobilenetv2(num_classes: int, input_size: int = 96, colour: str = "rgb", weights: str | None = "imagenet",
+                alpha: float = 1.0, dense_units: int = 0, dropout: float = 0.3) -> Any:
+    """MobileNetV2 fine-tune; `alpha` scales its width (ImageNet weights exist for 0.35-1.4)."""
+    import keras
+
+    return _backbone_model("mobilenetv2", keras.applications.MobileNetV2, num_classes, input_size, weights,
+                           dense_units, dropout, alpha=alpha)
+
+
+@register("vgg16", backbone=True)
+def vgg16(num_classes: int, input_size: int = 96, colour: str = "rgb", weights: str | None = "imagenet",
+          dense_units: int = 256, dropout: float = 0.5) -> Any:
+    """VGG16 fine-tune."""
+    import keras
+
+    return _backbone_model("vgg16", keras.applications.VGG16, num_classes, input_size, weights, dense_units, dropout)
+
+
+@register("resnet50", backbone=True)
+def resnet50(num_classes: int, input_size: int = 96, colour: str = "rgb", weights: str | None = "imagenet",
+             dense_units: int = 0, dropout: float = 0.3) -> Any:
+    """ResNet50 fine-tune."""
+    import keras
+
+    return _backbone_model("resnet50", keras.applications.ResNet50, num_classes, input_size, weights,
+                           dense_units, dropout)

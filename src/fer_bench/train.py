@@ -1,0 +1,179 @@
+"""Training: runtime set-up (seeds, precision, XLA, distribution), compile, and the one- or two-phase fit."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fer_bench.config import AUTO, Experiment, RuntimeConfig, TrainConfig
+from fer_bench.data import FerData
+from fer_bench.models import BACKBONE_LAYER, build_model
+from fer_bench.pipeline import evaluation_dataset, training_dataset
+
+
+@dataclass
+class Runtime:
+    """What the run actually used, after `auto` was resolved."""
+
+    strategy: Any
+    devices: list[str]
+    replicas: int
+    mixed_precision: bool
+    jit_compile: bool
+    distribution: str
+
+    def record(self) -> dict:
+        return {"devices": self.devices, "replicas": self.replicas, "mixed_precision": self.mixed_precision,
+                "jit_compile": self.jit_compile, "distribution": self.distribution}
+
+
+@dataclass
+class TrainingResult:
+    model: Any
+    history: list[dict]
+    best_epoch: int | None
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    runtime: dict = field(default_factory=dict)
+    global_batch_size: int = 0
+
+
+def _resolve_auto(value: bool | str, have_gpu: bool) -> bool:
+    return have_gpu if value == AUTO else bool(value)
+
+
+def configure_runtime(runtime: RuntimeConfig, seed: int, deterministic: bool) -> Runtime:
+    """Seed everything and pick precision, XLA and the distribution strategy for this machine."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        # Process-wide and one-way in TensorFlow: later runs in the same process stay deterministic.
+        tf.config.experimental.enable_op_determinism()
+    gpus = tf.config.list_physical_devices("GPU")
+    mixed = _resolve_auto(runtime.mixed_precision, bool(gpus))
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    distribution = runtime.distribution
+    if distribution == AUTO:
+        distribution = "mirrored" if len(gpus) > 1 else "none"
+    strategies = {
+        "none": tf.distribute.get_strategy,
+        "mirrored": tf.distribute.MirroredStrategy,
+        "multi_worker": tf.distribute.MultiWorkerMirroredStrategy,
+    }
+    strategy = strategies[distribution]()
+    devices = [d.name for d in tf.config.list_logical_devices("GPU")] or ["CPU"]
+    return Runtime(strategy=strategy, devices=devices, replicas=strategy.num_replicas_in_sync,
+                   mixed_precision=mixed, jit_compile=_resolve_auto(runtime.jit_compile, bool(gpus)),
+                   distribution=distribution)
+
+
+OPTIMIZERS = {
+    "adam": lambda cfg, lr: ("Adam", {"weight_decay": cfg.weight_decay or None}),
+    "adamw": lambda cfg, lr: ("AdamW", {"weight_decay": cfg.weight_decay}),
+    "sgd": lambda cfg, lr: ("SGD", {"momentum": cfg.momentum, "nesterov": True, "weight_decay": cfg.weight_decay or None}),
+    "rmsprop": lambda cfg, lr: ("RMSprop", {"momentum": cfg.momentum, "weight_decay": cfg.weight_decay or None}),
+}
+
+
+def make_optimizer(cfg: TrainConfig, learning_rate: float, steps: int) -> Any:
+    """The configured optimizer; a cosine schedule decays over the phase's `steps`."""
+    import keras
+
+    rate: Any = learning_rate
+    if cfg.schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(steps, 1))
+    class_name, kwargs = OPTIMIZERS[cfg.optimizer](cfg, learning_rate)
+    return getattr(keras.optimizers, class_name)(learning_rate=rate, **kwargs)
+
+
+def class_weights(labels: np.ndarray, classes: tuple[str, ...], setting: str | dict[str, float]) -> np.ndarray | None:
+    """Per-class loss weights: None, 'balanced' (n / (k * count)), or an explicit mapping (others 1.0)."""
+    if setting == "none":
+        return None
+    if setting == "balanced":
+        counts = np.bincount(labels, minlength=len(classes)).astype(np.float64)
+        return np.where(counts > 0, len(labels) / (len(classes) * np.maximum(counts, 1)), 0.0)
+    return np.array([float(setting.get(c, 1.0)) for c in classes])
+
+
+def _phases(exp: Experiment) -> list[tuple[str, int, float]]:
+    """(phase name, epochs, learning rate): one phase, or head-then-fine-tune for a backbone."""
+    plan = exp.model.fine_tune
+    if plan is None:
+        return [("train", exp.train.epochs, exp.train.learning_rate)]
+    phases = [("head", plan.head_epochs, exp.train.learning_rate)] if plan.head_epochs else []
+    return phases + [("fine_tune", exp.train.epochs, plan.learning_rate)]
+
+
+def _set_trainable(model: Any, phase: str, unfreeze_top: int) -> None:
+    """Freeze the backbone for the head phase; then open its top layers, BatchNorm excepted."""
+    if phase == "train":
+        return
+    backbone = model.get_layer(BACKBONE_LAYER)
+    backbone.trainable = phase == "fine_tune"
+    if phase == "fine_tune":
+        import keras
+
+        cut = max(len(backbone.layers) - unfreeze_top, 0)
+        for index, layer in enumerate(backbone.layers):
+            layer.trainable = index >= cut and not isinstance(layer, keras.layers.BatchNormalization)
+
+
+def train_model(exp: Experiment, data: FerData, runtime: Runtime) -> TrainingResult:
+    """Build, compile and fit the configured model; return it with the best validation weights restored."""
+    import keras
+
+    from fer_bench.callbacks import BestWeights, EpochRecorder
+
+    cfg = exp.train
+    num_classes = len(data.classes)
+    global_batch = cfg.batch_size * runtime.replicas
+    weights = class_weights(data.train.labels, data.classes, cfg.class_weight)
+    sample_weights = None if weights is None else weights[data.train.labels]
+    train_ds = training_dataset(data.train.images, data.train.labels, num_classes, global_batch, exp.augment,
+                                cfg.seed, sample_weights)
+    val_ds = evaluation_dataset(data.validation.images, data.validation.labels, num_classes, global_batch)
+    steps_per_epoch = int(np.ceil(len(data.train) / global_batch))
+
+    with runtime.strategy.scope():
+        model = build_model(exp)
+    history: list[dict] = []
+    best = BestWeights()
+    seconds: dict[str, float] = {}
+    epoch_offset = 0
+    for phase, epochs, learning_rate in _phases(exp):
+        _set_trainable(model, phase, exp.model.fine_tune.unfreeze_top if exp.model.fine_tune else 0)
+        with runtime.strategy.scope():
+            model.compile(
+                optimizer=make_optimizer(cfg, learning_rate, epochs * steps_per_epoch),
+                loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+                metrics=["accuracy"],
+                jit_compile=runtime.jit_compile,
+            )
+        callbacks: list[Any] = [best, EpochRecorder(phase, history)]
+        if cfg.early_stopping_patience:
+            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.early_stopping_patience))
+        if cfg.schedule == "plateau":
+            callbacks.append(keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
+                min_lr=learning_rate * 1e-3, verbose=0))
+        start = time.perf_counter()
+        model.fit(train_ds, validation_data=val_ds, initial_epoch=epoch_offset, epochs=epoch_offset + epochs,
+                  callbacks=callbacks, shuffle=False, verbose=0)
+        seconds[phase] = round(time.perf_counter() - start, 2)
+        epoch_offset = len(history)
+    best.restore(model)
+    return TrainingResult(model=model, history=history, best_epoch=best.best_epoch, phase_seconds=seconds,
+                          runtime=runtime.record(), global_batch_size=global_batch)
+
+
+def predict_probabilities(model: Any, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities (n, k) for uint8 images (n, 48, 48)."""
+    if len(images) == 0:
+        return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
+    dataset = evaluation_dataset(images, None, 0, batch_size)
+    return np.asarray(model.predict(dataset, verbose=0), dtype=np.float32)

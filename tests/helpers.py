@@ -1,0 +1,63 @@
+"""Checks on a finished run directory: every artifact exists and agrees with the others."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+RUN_FILES = ("config.yaml", "metrics.json", "classification_report.txt", "confusion_matrix.csv",
+             "confusion_matrix.png", "history.csv", "curves.png", "predictions.csv", "environment.json",
+             "status.json", "log.txt")
+
+
+def check_run(path: Path, classes: tuple[str, ...], model_file: str = "model.keras") -> dict:
+    """Assert the run's artifacts are complete and consistent; return its metrics."""
+    for name in RUN_FILES + (model_file,):
+        assert (path / name).is_file(), f"{name} missing from {path}"
+    status = json.loads((path / "status.json").read_text())
+    assert status["state"] == "finished"
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert metrics["classes"] == list(classes)
+    for split in ("validation", "test"):
+        for key in ("accuracy", "macro_f1", "weighted_f1", "balanced_accuracy"):
+            assert 0.0 <= metrics[split][key] <= 1.0
+        assert set(metrics[split]["per_class"]) == set(classes)
+    assert metrics["test_unique"]["count"] <= metrics["test"]["count"]
+
+    predictions = pd.read_csv(path / "predictions.csv")
+    assert len(predictions) == metrics["test"]["count"]
+    probabilities = predictions[[f"p_{c}" for c in classes]].to_numpy()
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+    assert (predictions["true"] == predictions["predicted"]).mean() == pytest_approx(metrics["test"]["accuracy"])
+    assert (np.array(classes)[probabilities.argmax(axis=1)] == predictions["predicted"]).all()
+
+    matrix = pd.read_csv(path / "confusion_matrix.csv")
+    assert matrix["true"].tolist() == list(classes)
+    counts = matrix[list(classes)].to_numpy()
+    assert counts.sum() == len(predictions)
+    assert np.trace(counts) == int((predictions["true"] == predictions["predicted"]).sum())
+
+    if model_file == "model.keras":
+        history = pd.read_csv(path / "history.csv")
+        assert len(history) == metrics["epochs_run"] >= 1
+        assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"} <= set(history.columns)
+
+    config = yaml.safe_load((path / "config.yaml").read_text())
+    assert config["name"] == path.name
+    environment = json.loads((path / "environment.json").read_text())
+    assert environment["data"]["fingerprint"] == metrics["data_fingerprint"]
+    assert environment["data"]["split_sizes"]["test"] == len(predictions)
+    assert {"python", "packages", "seconds", "seed", "started", "finished"} <= set(environment)
+    report = (path / "classification_report.txt").read_text()
+    assert all(c in report for c in classes)
+    return metrics
+
+
+def pytest_approx(value: float):
+    import pytest
+
+    return pytest.approx(value, abs=1e-9)

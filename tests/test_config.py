@@ -1,0 +1,92 @@
+import pytest
+
+from fer_bench.config import Options, describe_schema, from_dict, load_config
+from fer_bench.errors import ConfigError
+from fer_bench.runner import load_experiment
+from conftest import CONFIGS
+
+
+def write(tmp_path, text):
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_every_shipped_config_loads_and_validates():
+    assert {p.stem for p in CONFIGS} >= {"custom_cnn", "custom_cnn_aug", "mobilenetv2", "vgg16", "resnet50"}
+    for path in CONFIGS:
+        exp = load_experiment(path)
+        assert exp.name == path.stem
+
+
+def test_defaults_fill_missing_sections(tmp_path):
+    exp = load_config(write(tmp_path, "model: {name: custom_cnn}\n"))
+    assert exp.train.epochs == 30 and exp.data.input_size == 48 and exp.augment.enabled is False
+    assert exp.classes[0] == "angry" and len(exp.classes) == 7
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("trian: {epochs: 3}", r"unknown key 'trian'; allowed keys: \['name', 'description', 'data'"),
+    ("train: {epoch: 3}", r"unknown key 'train.epoch'; allowed keys in train: \[.*'epochs'"),
+    ("train: {epochs: three}", r"train.epochs must be int; got 'three'"),
+    ("train: {epochs: 0}", r"train.epochs must be in \[1, inf\]; got 0"),
+    ("train: {batch_size: -4}", r"train.batch_size must be in \[1, inf\]; got -4"),
+    ("train: {optimizer: adamax}", r"train.optimizer must be one of \['adam', 'adamw', 'sgd', 'rmsprop'\]; got 'adamax'"),
+    ("train: {learning_rate: 0}", r"train.learning_rate must be in \(0.0, inf\]"),
+    ("train: {deterministic: yes please}", r"train.deterministic must be bool"),
+    ("data: {classes: [happy, joy]}", r"data.classes: unknown 'joy'; choose from \['angry'"),
+    ("data: {classes: [happy]}", r"data.classes must name at least 2"),
+    ("data: {colour: blue}", r"data.colour must be one of \['grayscale', 'rgb'\]"),
+    ("train: {class_weight: heavy}", r"train.class_weight must be one of \['none', 'balanced'\]"),
+    ("train: {class_weight: {joy: 2}}", r"train.class_weight: unknown class 'joy'"),
+    ("runtime: {jit_compile: sometimes}", r"runtime.jit_compile must be one of \['auto', true, false\]"),
+    ("augment: [flip]", r"augment must be a mapping"),
+    ("- a\n- b", r"top level must be a mapping"),
+    ("train: {epochs: [1", r"not valid YAML at line"),
+])
+def test_bad_configs_name_the_key(tmp_path, text, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(write(tmp_path, text))
+
+
+def test_unknown_model_and_params_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"model.name: unknown 'alexnet'; choose from \['custom_cnn', 'mobilenetv2'"):
+        load_experiment(write(tmp_path, "model: {name: alexnet}"))
+    with pytest.raises(ConfigError, match=r"unknown key 'model.params.depth' for custom_cnn; allowed: \["):
+        load_experiment(write(tmp_path, "model: {name: custom_cnn, params: {depth: 3}}"))
+    with pytest.raises(ConfigError, match=r"model.weights: file not found: /no/such.h5"):
+        load_experiment(write(tmp_path, "data: {colour: rgb}\nmodel: {name: vgg16, weights: /no/such.h5}"))
+    with pytest.raises(ConfigError, match=r"data.colour must be 'rgb' for resnet50"):
+        load_experiment(write(tmp_path, "model: {name: resnet50, weights: null}"))
+    with pytest.raises(ConfigError, match=r"custom_cnn has no ImageNet weights"):
+        load_experiment(write(tmp_path, "model: {name: custom_cnn, weights: imagenet}"))
+
+
+def test_overrides_set_nested_keys_as_yaml(tmp_path):
+    path = write(tmp_path, "train: {epochs: 5}")
+    exp = load_config(path, ["train.epochs=2", "train.early_stopping_patience=null", "data.classes=[happy, sad]",
+                             "model.params.dropout=0.2", "augment.flip=true"])
+    assert exp.train.epochs == 2 and exp.train.early_stopping_patience is None
+    assert exp.classes == ("happy", "sad") and exp.model.params == {"dropout": 0.2} and exp.augment.flip
+    with pytest.raises(ConfigError, match=r"unknown key 'train.epoks'"):
+        load_config(path, ["train.epoks=2"])
+    with pytest.raises(ConfigError, match=r"--set expects KEY=VALUE"):
+        load_config(path, ["train.epochs"])
+
+
+def test_ints_are_accepted_where_floats_are_expected_but_not_bools():
+    assert from_dict({"train": {"learning_rate": 1}}).train.learning_rate == 1.0
+    with pytest.raises(ConfigError, match="train.learning_rate must be number; got True"):
+        from_dict({"train": {"learning_rate": True}})
+
+
+def test_missing_config_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_schema_description_covers_every_key():
+    keys = {row[0] for row in describe_schema()}
+    assert {"data.source", "model.fine_tune.head_epochs", "train.optimizer", "augment.flip",
+            "runtime.distribution"} <= keys
+    assert Options(("a",)).values == ("a",)

@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from fer_bench.config import from_dict
+from fer_bench.errors import FerBenchError
+from fer_bench.models import BACKBONES, FEATURE_LAYER, MODELS, build_model, load_model
+
+
+def experiment(name, **model):
+    backbone = name in BACKBONES
+    data = {"input_size": 32 if backbone else 48, "colour": "rgb" if backbone else "grayscale"}
+    return from_dict({"data": {**data, "classes": ["angry", "happy", "sad"]},
+                      "model": {"name": name, "weights": None, **model}})
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_builds_and_predicts_probabilities(name):
+    model = build_model(experiment(name))
+    pixels = np.random.default_rng(0).integers(0, 256, size=(2, 48, 48, 1)).astype("float32")
+    probabilities = model.predict(pixels, verbose=0)
+    assert probabilities.shape == (2, 3)
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    assert model.get_layer(FEATURE_LAYER).output.shape[-1] > 0
+
+
+def test_custom_cnn_parameters_come_from_the_config():
+    small = build_model(experiment("custom_cnn", params={"filters": [8, 16], "dense_units": 0}))
+    large = build_model(experiment("custom_cnn", params={"filters": [8, 16, 32], "dense_units": 64}))
+    assert small.count_params() < large.count_params()
+    assert sum("conv2d" in layer.name for layer in small.layers) == 4
+
+
+def test_backbone_loads_a_local_weights_file(tmp_path):
+    import keras
+
+    source = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3), alpha=0.35)
+    path = tmp_path / "mobilenet_notop.weights.h5"
+    source.save_weights(path)
+    model = build_model(experiment("mobilenetv2", weights=str(path), params={"alpha": 0.35}))
+    loaded = model.get_layer("backbone").get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(loaded, source.get_weights()))
+
+
+def test_failed_imagenet_download_is_a_clear_error(monkeypatch):
+    from keras.src.utils import file_utils
+
+    def no_network(*args, **kwargs):
+        raise Exception("URL fetch failure on https://example.invalid: None -- [Errno -3] name resolution")
+
+    monkeypatch.setattr(file_utils, "get_file", no_network)
+    with pytest.raises(FerBenchError, match=r"could not download ImageNet weights for vgg16 .*model.weights"):
+        build_model(experiment("vgg16", weights="imagenet"))
+
+
+def test_saved_models_reload_in_safe_mode(tmp_path):
+    model = build_model(experiment("mobilenetv2", params={"alpha": 0.35}))
+    model.save(tmp_path / "model.keras")
+    again = load_model(tmp_path / "model.keras")
+    pixels = np.full((1, 48, 48, 1), 128, dtype="float32")
+    assert np.allclose(model.predict(pixels, verbose=0), again.predict(pixels, verbose=0), atol=1e-6)
+    (tmp_path / "junk.keras").write_bytes(b"junk")
+    with pytest.raises(FerBenchError, match=r"cannot load .*junk.keras as a Keras model"):
+        load_model(tmp_path / "junk.keras")

@@ -1,0 +1,60 @@
+import numpy as np
+
+from fer_bench.config import AugmentConfig
+from fer_bench.pipeline import affine_augment, evaluation_dataset, training_dataset
+
+
+def batch(n=8, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(n, 48, 48), dtype=np.uint8)
+
+
+def test_training_batches_are_float_one_hot_and_weighted():
+    images, labels = batch(10), np.arange(10) % 7
+    ds = training_dataset(images, labels, 7, 4, AugmentConfig(), seed=1, sample_weights=np.ones(10) * 2)
+    batches = list(ds.as_numpy_iterator())
+    assert [len(b[0]) for b in batches] == [4, 4, 2]
+    x, y, w = batches[0]
+    assert x.dtype == np.float32 and x.shape == (4, 48, 48, 1) and y.shape == (4, 7)
+    assert np.allclose(y.sum(axis=1), 1) and np.allclose(w, 2)
+    # without augmentation, the batches hold exactly the stored pixels, reshuffled
+    seen = np.concatenate([b[0][..., 0] for b in batches]).astype(np.uint8)
+    assert sorted(map(bytes, seen)) == sorted(map(bytes, images))
+
+
+def test_same_seed_same_batches_and_epochs_differ():
+    images, labels = batch(16), np.arange(16) % 7
+    aug = AugmentConfig(flip=True, rotation=15, zoom=0.1, shift=0.1)
+    first = training_dataset(images, labels, 7, 8, aug, seed=5)
+    second = training_dataset(images, labels, 7, 8, aug, seed=5)
+    epoch_a = [x for x, _ in first.as_numpy_iterator()]
+    epoch_b = [x for x, _ in second.as_numpy_iterator()]
+    assert all(np.array_equal(a, b) for a, b in zip(epoch_a, epoch_b))
+    epoch_a2 = [x for x, _ in first.as_numpy_iterator()]
+    assert not np.array_equal(epoch_a[0], epoch_a2[0])
+
+
+def test_flip_only_mirrors_or_keeps_each_image():
+    import tensorflow as tf
+
+    images = batch(32).astype(np.float32)[..., None]
+    out = affine_augment(tf.constant(images), tf.constant([3, 4], dtype=tf.int64), AugmentConfig(flip=True)).numpy()
+    kept = [np.allclose(o, i, atol=1e-3) for o, i in zip(out, images)]
+    mirrored = [np.allclose(o, i[:, ::-1], atol=1e-3) for o, i in zip(out, images)]
+    assert all(k or m for k, m in zip(kept, mirrored))
+    assert 0 < sum(mirrored) < 32
+
+
+def test_rotation_changes_pixels_but_keeps_the_shape():
+    import tensorflow as tf
+
+    images = batch(4).astype(np.float32)[..., None]
+    out = affine_augment(tf.constant(images), tf.constant([1, 2], dtype=tf.int64), AugmentConfig(rotation=30)).numpy()
+    assert out.shape == images.shape and not np.allclose(out, images)
+    assert out.min() >= 0 and out.max() <= 255
+
+
+def test_evaluation_dataset_keeps_order():
+    images, labels = batch(5), np.array([0, 1, 2, 3, 4])
+    xs, ys = zip(*evaluation_dataset(images, labels, 5, 2).as_numpy_iterator())
+    assert np.array_equal(np.concatenate(xs)[..., 0].astype(np.uint8), images)
+    assert np.concatenate(ys).argmax(axis=1).tolist() == [0, 1, 2, 3, 4]
