@@ -75,3 +75,17 @@ def tiny_overrides(config: Path) -> list[str]:
     if raw.get("model", {}).get("fine_tune"):
         overrides.append("model.fine_tune.head_epochs=1")
     return overrides
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory, fer_folder) -> Path:
+    """Two small finished runs on the synthetic set (3 classes), shared by the compare/predict/ensemble tests."""
+    from fer_bench.runner import load_experiment, run_experiment
+
+    results = tmp_path_factory.mktemp("results")
+    overrides = ["data.classes=[angry, happy, surprise]", "train.epochs=3", "train.batch_size=8",
+                 "model.params.filters=[8, 16]", "model.params.dense_units=16", "model.params.dropout=0.1"]
+    for config, seed in (("custom_cnn", 1), ("custom_cnn_aug", 2)):
+        exp = load_experiment(REPO / "configs" / f"{config}.yaml", overrides + [f"train.seed={seed}"])
+        run_experiment(exp, data_dir=fer_folder, results_dir=results)
+    return results

@@ -9,14 +9,18 @@ import numpy as np
 import pandas as pd
 import yaml
 
-RUN_FILES = ("config.yaml", "metrics.json", "classification_report.txt", "confusion_matrix.csv",
-             "confusion_matrix.png", "history.csv", "curves.png", "predictions.csv", "environment.json",
-             "status.json", "log.txt")
+EVALUATION_FILES = ("config.yaml", "metrics.json", "classification_report.txt", "confusion_matrix.csv",
+                    "confusion_matrix.png", "predictions.csv", "environment.json", "status.json")
+TRAINING_FILES = ("history.csv", "curves.png", "log.txt")
 
 
-def check_run(path: Path, classes: tuple[str, ...], model_file: str = "model.keras") -> dict:
-    """Assert the run's artifacts are complete and consistent; return its metrics."""
-    for name in RUN_FILES + (model_file,):
+def check_run(path: Path, classes: tuple[str, ...], model_file: str | None = "model.keras") -> dict:
+    """Assert the run's artifacts are complete and consistent; return its metrics.
+
+    `model_file=None` is a run that trained nothing itself (an ensemble).
+    """
+    expected = EVALUATION_FILES + ((model_file, *TRAINING_FILES) if model_file else ())
+    for name in expected:
         assert (path / name).is_file(), f"{name} missing from {path}"
     status = json.loads((path / "status.json").read_text())
     assert status["state"] == "finished"
@@ -28,8 +32,10 @@ def check_run(path: Path, classes: tuple[str, ...], model_file: str = "model.ker
         assert set(metrics[split]["per_class"]) == set(classes)
     assert metrics["test_unique"]["count"] <= metrics["test"]["count"]
 
-    predictions = pd.read_csv(path / "predictions.csv")
-    assert len(predictions) == metrics["test"]["count"]
+    all_predictions = pd.read_csv(path / "predictions.csv")
+    assert all_predictions["split"].value_counts().to_dict() == {
+        s: metrics[s]["count"] for s in ("validation", "test")}
+    predictions = all_predictions[all_predictions["split"] == "test"]
     probabilities = predictions[[f"p_{c}" for c in classes]].to_numpy()
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
     assert (predictions["true"] == predictions["predicted"]).mean() == pytest_approx(metrics["test"]["accuracy"])
@@ -41,7 +47,7 @@ def check_run(path: Path, classes: tuple[str, ...], model_file: str = "model.ker
     assert counts.sum() == len(predictions)
     assert np.trace(counts) == int((predictions["true"] == predictions["predicted"]).sum())
 
-    if model_file == "model.keras":
+    if model_file:
         history = pd.read_csv(path / "history.csv")
         assert len(history) == metrics["epochs_run"] >= 1
         assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"} <= set(history.columns)
@@ -49,9 +55,11 @@ def check_run(path: Path, classes: tuple[str, ...], model_file: str = "model.ker
     config = yaml.safe_load((path / "config.yaml").read_text())
     assert config["name"] == path.name
     environment = json.loads((path / "environment.json").read_text())
-    assert environment["data"]["fingerprint"] == metrics["data_fingerprint"]
-    assert environment["data"]["split_sizes"]["test"] == len(predictions)
-    assert {"python", "packages", "seconds", "seed", "started", "finished"} <= set(environment)
+    assert {"python", "packages", "started", "finished"} <= set(environment)
+    if model_file:
+        assert environment["data"]["fingerprint"] == metrics["data_fingerprint"]
+        assert environment["data"]["split_sizes"]["test"] == len(predictions)
+        assert {"seconds", "seed", "runtime"} <= set(environment)
     report = (path / "classification_report.txt").read_text()
     assert all(c in report for c in classes)
     return metrics

@@ -40,9 +40,8 @@ def test_missing_data_dir_is_one_line(tmp_path):
     result = invoke("run", REPO / "configs/custom_cnn.yaml", "--data-dir", tmp_path / "nowhere",
                     "--results-dir", tmp_path / "r")
     assert result.exit_code == 1
-    assert result.output.strip().splitlines()[-1].startswith("error: data path not found")
-    status = json.loads((tmp_path / "r/custom_cnn/status.json").read_text())
-    assert status["state"] == "failed" and "data path not found" in status["error"]
+    assert result.output.strip().splitlines() == [f"error: data path not found: {tmp_path / 'nowhere'}"]
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.slow

@@ -13,13 +13,16 @@ import os
 import platform
 import subprocess
 import sys
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
-from fer_bench.errors import FerBenchError
+from fer_bench.errors import FerBenchError, RunError
+from fer_bench.evaluate import SplitPredictions, confusion, report_text, score_splits
 
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.json"
@@ -78,6 +81,10 @@ class RunDirectory:
             _atomic(self.file(name), lambda tmp: figure.savefig(tmp, dpi=110, format=Path(name).suffix[1:]))
         finally:
             plt.close(figure)
+
+    def write_image(self, name: str, image: Any) -> None:
+        """Save a PIL image; the format follows the name's suffix."""
+        _atomic(self.file(name), lambda tmp: image.save(tmp, format=Path(name).suffix[1:].upper().replace("JPG", "JPEG")))
 
     def save_model(self, model: Any, name: str = "model.keras") -> None:
         # Keras insists on the .keras suffix, so the temporary file keeps it.
@@ -146,3 +153,89 @@ def environment_record() -> dict:
         "git_commit": git_commit(),
         "command": " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv)),
     }
+
+
+def prediction_table(predictions: dict[str, SplitPredictions], classes: tuple[str, ...]) -> Any:
+    """One row per evaluated image: split, file, true and predicted class, duplicate flag, probabilities."""
+    import pandas as pd
+
+    frames = []
+    for split, pred in predictions.items():
+        frame = pd.DataFrame({
+            "split": split,
+            "index": np.arange(len(pred.labels)),
+            "file": pred.names,
+            "true": [classes[i] for i in pred.labels],
+            "predicted": [classes[i] for i in pred.predicted],
+            "correct": pred.labels == pred.predicted,
+        })
+        if pred.duplicate is not None:
+            frame["duplicate_of_train"] = pred.duplicate
+        for column, name in enumerate(classes):
+            frame[f"p_{name}"] = np.round(pred.probabilities[:, column], 6)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def write_evaluation(run: RunDirectory, classes: tuple[str, ...], predictions: dict[str, SplitPredictions],
+                     title: str) -> dict:
+    """Predictions, report, and the confusion matrix of the last split (test, when there is one); return metrics."""
+    import pandas as pd
+
+    from fer_bench.charts import confusion_figure
+
+    metrics = score_splits(predictions, classes)
+    run.write_table("predictions.csv", prediction_table(predictions, classes))
+    headline = "test" if "test" in predictions else list(predictions)[-1]
+    pred = predictions[headline]
+    matrix = confusion(pred.labels, pred.predicted, len(classes))
+    frame = pd.DataFrame(matrix, columns=list(classes))
+    frame.insert(0, "true", list(classes))
+    run.write_table("confusion_matrix.csv", frame)
+    run.write_figure("confusion_matrix.png", confusion_figure(matrix, classes, f"{title}: {headline} confusion matrix"))
+    run.write_text("classification_report.txt", "\n".join(
+        f"== {split} ({len(p.labels)} images) ==\n" + report_text(p.labels, p.predicted, classes)
+        for split, p in predictions.items()))
+    return metrics
+
+
+@dataclass
+class Run:
+    """A finished run as read back from its folder: what `compare` and `ensemble` need."""
+
+    name: str
+    path: Path
+    metrics: dict
+    config: dict
+    predictions: Any
+    history: Any | None
+
+    @property
+    def classes(self) -> list[str]:
+        return self.metrics["classes"]
+
+    def split_predictions(self, split: str) -> Any:
+        return self.predictions[self.predictions["split"] == split]
+
+
+def read_run(path: Path, name: str) -> Run:
+    """Load one run folder, or raise RunError saying why it cannot be compared."""
+    import pandas as pd
+
+    run = RunDirectory(path)
+    state = run.status().get("state")
+    if state != "finished":
+        raise RunError(f"{name}: not finished (status {state or 'missing'})")
+    try:
+        metrics = run.read_json(METRICS_FILE)
+        config = yaml.safe_load(run.file("config.yaml").read_text()) if run.file("config.yaml").is_file() else {}
+        predictions = pd.read_csv(run.file("predictions.csv"))
+        history = pd.read_csv(run.file("history.csv")) if run.file("history.csv").is_file() else None
+    except FileNotFoundError as exc:
+        raise RunError(f"{name}: {Path(exc.filename).name} is missing") from None
+    except (ValueError, yaml.YAMLError, pd.errors.ParserError) as exc:
+        raise RunError(f"{name}: unreadable artifact ({exc.__class__.__name__})") from None
+    needed = {"split", "true", "predicted"}
+    if not needed <= set(predictions.columns):
+        raise RunError(f"{name}: predictions.csv lacks columns {sorted(needed - set(predictions.columns))}")
+    return Run(name=name, path=path, metrics=metrics, config=config or {}, predictions=predictions, history=history)

@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # files only: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fer_bench.evaluate import row_normalise  # noqa: E402
 
@@ -43,10 +44,91 @@ def curves_figure(history: list[dict], title: str) -> plt.Figure:
         for epoch in boundaries:
             ax.axvline(epoch - 0.5, color="grey", linestyle="--", linewidth=1)
             ax.text(epoch - 0.4, ax.get_ylim()[1], "fine-tune", va="top", fontsize=8, color="grey")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.set_title(label)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title, fontsize=13)
+    return fig
+
+
+def _short(name: str, width: int = 28) -> str:
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def comparison_figure(table, split: str) -> plt.Figure:
+    """Accuracy and macro-F1 per run, horizontal bars with 95% bootstrap intervals, best at the top."""
+    names = [_short(n) for n in table["name"]]
+    height = 1.2 + 0.45 * len(names)
+    fig, ax = plt.subplots(figsize=(10, max(height, 3)), constrained_layout=True)
+    positions = np.arange(len(names))
+    bar = 0.38
+    for offset, metric, label, colour in ((-bar / 2, "accuracy", "accuracy", "#4C72B0"),
+                                          (bar / 2, "macro_f1", "macro-F1", "#DD8452")):
+        values = table[metric].to_numpy(dtype=float)
+        low = table.get(f"{metric}_low", values).to_numpy(dtype=float)
+        high = table.get(f"{metric}_high", values).to_numpy(dtype=float)
+        errors = np.vstack([values - low, high - values])
+        ax.barh(positions + offset, values, height=bar, xerr=np.nan_to_num(errors), capsize=3, label=label,
+                color=colour)
+        for y, value, top in zip(positions + offset, values, np.nan_to_num(high, nan=0.0)):
+            ax.text(min(max(value, top) + 0.012, 0.95), y, f"{value:.3f}", va="center", fontsize=8)
+    ax.set_yticks(positions, names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"{split} score (error bars: 95% bootstrap interval over {split} images)")
+    ax.set_title(f"Runs compared on the {split} split")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right")
+    return fig
+
+
+def per_class_f1_figure(names: Sequence[str], per_class: Sequence[dict], split: str) -> plt.Figure:
+    """Heatmap of per-class F1: runs down, emotions across."""
+    classes = list(dict.fromkeys(c for scores in per_class for c in scores))
+    values = np.array([[scores.get(c, {}).get("f1", np.nan) for c in classes] for scores in per_class])
+    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 3.5, 0.45 * len(names) + 1.8), constrained_layout=True)
+    sns.heatmap(values, annot=True, fmt=".2f", cmap="viridis", vmin=0, vmax=1, ax=ax,
+                xticklabels=classes, yticklabels=[_short(n) for n in names], cbar_kws={"label": "F1"})
+    ax.set_title(f"Per-class F1 on the {split} split")
+    ax.tick_params(axis="x", rotation=30)
+    ax.tick_params(axis="y", rotation=0)
+    return fig
+
+
+def confusion_grid_figure(names: Sequence[str], matrices: Sequence[np.ndarray], classes: Sequence[Sequence[str]],
+                          split: str) -> plt.Figure:
+    """Row-normalised confusion matrices side by side, one panel per run."""
+    columns = min(4, len(names))
+    rows = int(np.ceil(len(names) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 4.0 * rows), squeeze=False,
+                             constrained_layout=True)
+    for ax, name, matrix, labels in zip(axes.flat, names, matrices, classes):
+        sns.heatmap(row_normalise(matrix), annot=len(labels) <= 7, fmt=".2f", annot_kws={"fontsize": 7},
+                    cmap="Blues", vmin=0, vmax=1, cbar=False, ax=ax, xticklabels=labels, yticklabels=labels)
+        ax.set_title(_short(name, 34), fontsize=10)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.tick_params(axis="x", rotation=45, labelsize=8)
+        ax.tick_params(axis="y", rotation=0, labelsize=8)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle(f"Row-normalised confusion matrices, {split} split (diagonal = recall)", fontsize=13)
+    return fig
+
+
+def validation_curves_figure(curves: Sequence[tuple[str, object]]) -> plt.Figure:
+    """Validation accuracy per epoch of every deep run, overlaid."""
+    fig, ax = plt.subplots(figsize=(11, 5.5), constrained_layout=True)
+    palette = sns.color_palette("tab20", len(curves))
+    for colour, (name, history) in zip(palette, curves):
+        ax.plot(history["epoch"], history["val_accuracy"], marker=".", label=_short(name), color=colour)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("Validation accuracy per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     return fig

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import numpy as np
 import typer
 
 from fer_bench.errors import FerBenchError
@@ -77,6 +78,103 @@ def run(
             failures.append(str(path))
     if failures:
         fail(f"{len(failures)} of {len(configs)} runs failed: {', '.join(failures)}")
+
+
+@app.command()
+@one_line_errors
+def compare(
+    results: Annotated[Path, typer.Argument(help="folder of run folders, searched recursively")] = Path("results"),
+    out: Annotated[Optional[Path], typer.Option("--out", help="where the table and charts go (default: RESULTS)")] = None,
+    metric: Annotated[str, typer.Option("--metric", help="headline metric: accuracy, macro_f1, balanced_accuracy, weighted_f1")] = "accuracy",
+    split: Annotated[str, typer.Option("--split", help="validation or test")] = "test",
+    sort: Annotated[Optional[str], typer.Option("--sort", help="column to sort by (default: the metric)")] = None,
+) -> None:
+    """Compare finished runs: table, 95% bootstrap intervals, McNemar tests and charts."""
+    from fer_bench.compare import METRICS, SORT_KEYS, compare_runs
+
+    choices = {"--metric": (metric, METRICS), "--split": (split, ("validation", "test")),
+               "--sort": (sort or metric, SORT_KEYS)}
+    for option, (value, allowed) in choices.items():
+        if value not in allowed:
+            fail(f"{option} must be one of {list(allowed)}; got {value!r}")
+    result = compare_runs(results, out=out, split=split, metric=metric, sort=sort)
+    typer.echo(result["markdown"])
+    for note in result["notes"]:
+        typer.echo(note)
+    for line in result["significance"]["summary"]:
+        typer.echo(line)
+    typer.echo(f"wrote comparison.csv, comparison.md, significance.csv and charts to {result['out']}")
+
+
+@app.command()
+@one_line_errors
+def predict(
+    model: Annotated[Path, typer.Argument(help="a run folder or a model file")],
+    images: Annotated[list[Path], typer.Argument(help="photos or folders of photos")],
+    annotate: Annotated[Optional[Path], typer.Option("--annotate", help="save each photo with boxes and labels here")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    tta: Annotated[str, typer.Option("--tta", help="test-time augmentation: none, flip, ten_crop")] = "none",
+) -> None:
+    """Find the faces in ordinary photos and say which emotion each shows."""
+    from fer_bench.inference import load_predictor, predict_photos, tta_views
+
+    _quiet_tensorflow()
+    tta_views(np.zeros((0, 48, 48), np.uint8), tta)  # checks the mode before the model loads
+    results = predict_photos(load_predictor(model), images, annotate, tta)
+    errors = [r for r in results if "error" in r]
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+    else:
+        for result in results:
+            if "error" in result:
+                continue
+            if not result["faces"]:
+                typer.echo(f"{result['image']}: no face found")
+            for number, face in enumerate(result["faces"], start=1):
+                top = ", ".join(f"{c} {p:.2f}" for c, p in face["top3"])
+                typer.echo(f"{result['image']}: face {number} at {tuple(face['box'])}: {face['emotion']} ({top})")
+    for result in errors:
+        typer.echo(f"error: {result['image']}: {result['error']}", err=True)
+    if errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+@one_line_errors
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="a finished run folder")],
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="labelled class-per-folder dataset")],
+    mapping: Annotated[Optional[str], typer.Option("--map", help="folder names to classes: anger=angry,sadness=sad")] = None,
+    tta: Annotated[str, typer.Option("--tta", help="also score with test-time augmentation: flip, ten_crop")] = "none",
+    name: Annotated[Optional[str], typer.Option("--name", help="name of the evaluation (default: the folder's name)")] = None,
+) -> None:
+    """Score a trained run on another labelled dataset (a cross-dataset test); writes RUN/eval/NAME/."""
+    from fer_bench.inference import evaluate_on_dataset, tta_views
+
+    _quiet_tensorflow()
+    tta_views(np.zeros((0, 48, 48), np.uint8), tta)
+    path, record = evaluate_on_dataset(run_dir, data_dir, mapping, tta, name)
+    test = record["test"]
+    typer.echo(f"{record['run']}: {test['count']} images, accuracy {test['accuracy']:.4f}, "
+               f"macro-F1 {test['macro_f1']:.4f}, balanced accuracy {test['balanced_accuracy']:.4f}")
+    if "test_tta" in record:
+        typer.echo(f"with {tta} test-time augmentation: accuracy {record['test_tta']['accuracy']:.4f}")
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+@one_line_errors
+def ensemble(
+    runs: Annotated[list[Path], typer.Argument(help="finished run folders (two or more)")],
+    name: Annotated[str, typer.Option("--name", help="name of the ensemble run")],
+    results_dir: Annotated[Optional[Path], typer.Option("--results-dir", help="default: the first run's folder")] = None,
+) -> None:
+    """Average the test probabilities of several runs into a new run that `compare` ranks beside them."""
+    from fer_bench.ensemble import ensemble_runs
+
+    path, record = ensemble_runs(runs, name, results_dir)
+    typer.echo(f"{name}: test accuracy {record['test']['accuracy']:.4f}, macro-F1 {record['test']['macro_f1']:.4f} "
+               f"from {len(runs)} runs -> {path}")
 
 
 @app.command()

@@ -112,6 +112,15 @@ class AugmentConfig:
         return self.flip or self.rotation > 0 or self.zoom > 0 or self.shift > 0
 
 
+TTA_MODES = ("none", "flip", "ten_crop")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    tta: str = _field("none", Options(TTA_MODES),
+                      "test-time augmentation for the test split, reported beside the plain scores")
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     mixed_precision: bool | str = _field(AUTO, doc="auto (on with a GPU) | true | false")
@@ -128,6 +137,7 @@ class Experiment:
     model: ModelConfig = _field(None)
     train: TrainConfig = _field(None)
     augment: AugmentConfig = _field(None)
+    evaluate: EvaluateConfig = _field(None)
     runtime: RuntimeConfig = _field(None)
 
     @property

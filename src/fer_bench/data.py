@@ -439,3 +439,42 @@ def _blank_indices(images: np.ndarray) -> Iterable[int]:
     spread = images.reshape(len(images), -1).std(axis=1)
     return np.flatnonzero(spread < 1.0).tolist()
 
+
+
+def parse_class_map(text: str | None, classes: tuple[str, ...]) -> dict[str, str]:
+    """Parse `anger=angry,sadness=sad` into {folder name: class}; every target must be one of `classes`."""
+    mapping: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in (text or "").split(","))):
+        source, sep, target = pair.partition("=")
+        if not sep or not source.strip() or not target.strip():
+            raise ConfigError(f"--map expects FOLDER=CLASS pairs separated by commas; got {pair!r}")
+        if target.strip().lower() not in classes:
+            raise ConfigError(f"--map {pair}: unknown class {target.strip()!r}; the run's classes are {list(classes)}")
+        mapping[source.strip().lower()] = target.strip().lower()
+    return mapping
+
+
+def load_labelled_folder(root: Path, classes: tuple[str, ...], mapping: dict[str, str],
+                         progress: bool = False) -> tuple[Split, list[str], list[tuple[str, str]]]:
+    """All images under `root` whose folder name (mapped) is one of `classes`, for a cross-dataset test.
+
+    Returns the split, the folder names ignored (classes the model does not know), and skipped files.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data directory not found: {root}")
+    items, ignored = [], set()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+        folder = path.parent.name.lower()
+        emotion = mapping.get(folder, folder)
+        if emotion in classes:
+            items.append(Item(name=str(path.relative_to(root)), emotion=emotion, split="test", group="test", path=path))
+        else:
+            ignored.add(path.parent.name)
+    if not items:
+        raise DataError(f"no images of the classes {list(classes)} under {root} "
+                        f"(folders found: {sorted(ignored) or 'none'}; map them with --map FOLDER=CLASS)")
+    images, kept, skipped, _ = decode_items(items, progress)
+    items = [item for item, keep in zip(items, kept) if keep]
+    labels = np.array([classes.index(item.emotion) for item in items], dtype=np.int64)
+    return Split(images[kept], labels, [item.name for item in items]), sorted(ignored), skipped

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
+
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
@@ -20,18 +23,24 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: tupl
         return {"count": 0}
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0)
-    # balanced accuracy over the classes present, as scikit-learn defines it
     return {
         "count": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": _balanced_accuracy(y_true, y_pred),
         "per_class": {
             name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
             for name, p, r, f, s in zip(classes, precision, recall, f1, support)
         },
     }
+
+
+def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    with warnings.catch_warnings():
+        # Expected when a model predicts classes a (cross-dataset) test set lacks.
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        return float(balanced_accuracy_score(y_true, y_pred))
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -48,3 +57,61 @@ def row_normalise(matrix: np.ndarray) -> np.ndarray:
 def report_text(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, ...]) -> str:
     return classification_report(y_true, y_pred, labels=list(range(len(classes))), target_names=list(classes),
                                  digits=4, zero_division=0)
+
+
+@dataclass
+class SplitPredictions:
+    """A model's class probabilities for one split, with what is needed to score them."""
+
+    names: list[str]
+    labels: np.ndarray
+    probabilities: np.ndarray
+    duplicate: np.ndarray | None  # True where the image has a pixel-identical copy in train; None if unknown
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+
+def score_splits(predictions: dict[str, SplitPredictions], classes: tuple[str, ...]) -> dict:
+    """Metrics per split, and per split on the images with no pixel-identical copy in train."""
+    metrics = {}
+    for split, pred in predictions.items():
+        metrics[split] = classification_metrics(pred.labels, pred.predicted, classes)
+        if pred.duplicate is not None:
+            unique = ~pred.duplicate
+            metrics[f"{split}_unique"] = classification_metrics(pred.labels[unique], pred.predicted[unique], classes)
+    return metrics
+
+
+def bootstrap_scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, num_resamples: int = 1000,
+                     seed: int = 0) -> dict[str, np.ndarray]:
+    """Accuracy and macro-F1 over `num_resamples` bootstrap resamples of the images (vectorised)."""
+    n = len(y_true)
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, n, size=(num_resamples, n))
+    codes = y_true[index] * num_classes + y_pred[index] + np.arange(num_resamples)[:, None] * num_classes ** 2
+    counts = np.bincount(codes.ravel(), minlength=num_resamples * num_classes ** 2)
+    matrices = counts.reshape(num_resamples, num_classes, num_classes)
+    true_positive = np.diagonal(matrices, axis1=1, axis2=2).astype(float)
+    support, predicted = matrices.sum(axis=2), matrices.sum(axis=1)
+    denominator = support + predicted
+    f1 = np.divide(2 * true_positive, denominator, out=np.zeros_like(true_positive), where=denominator > 0)
+    # macro-F1 over all classes, an absent class counting 0, as classification_metrics does
+    return {"accuracy": true_positive.sum(axis=1) / n, "macro_f1": f1.mean(axis=1)}
+
+
+def confidence_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(samples, tail)), float(np.percentile(samples, 100 - tail))
+
+
+def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, int, float]:
+    """McNemar's exact test on paired predictions: (A right & B wrong, A wrong & B right, two-sided p)."""
+    from scipy.stats import binomtest
+
+    a_only = int(np.sum(correct_a & ~correct_b))
+    b_only = int(np.sum(~correct_a & correct_b))
+    if a_only + b_only == 0:
+        return a_only, b_only, 1.0
+    return a_only, b_only, float(binomtest(min(a_only, b_only), a_only + b_only, 0.5).pvalue)

@@ -11,13 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
 
-from fer_bench.artifacts import METRICS_FILE, RunDirectory, environment_record, now
+from fer_bench.artifacts import METRICS_FILE, RunDirectory, environment_record, now, write_evaluation
 from fer_bench.config import Experiment, load_config, to_dict
-from fer_bench.data import FerData, load_data
+from fer_bench.data import FerData, load_data, resolve_source
 from fer_bench.errors import FerBenchError, RunError
-from fer_bench.evaluate import classification_metrics, confusion, report_text
+from fer_bench.evaluate import SplitPredictions, classification_metrics
 from fer_bench.models import check_model_config
 
 SPLITS_EVALUATED = ("validation", "test")
@@ -86,61 +85,6 @@ def _logging_to(path: Path) -> Iterator[None]:
             sys.stderr = saved
 
 
-def prediction_table(names: list[str], labels: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...],
-                     duplicate: np.ndarray) -> Any:
-    """One row per image: its name, true and predicted class, and the class probabilities."""
-    import pandas as pd
-
-    predicted = probabilities.argmax(axis=1)
-    table = pd.DataFrame({
-        "index": np.arange(len(labels)),
-        "file": names,
-        "true": [classes[i] for i in labels],
-        "predicted": [classes[i] for i in predicted],
-        "correct": labels == predicted,
-        "duplicate_of_train": duplicate,
-    })
-    for column, name in enumerate(classes):
-        table[f"p_{name}"] = np.round(probabilities[:, column], 6)
-    return table
-
-
-def evaluate_splits(data: FerData, probabilities: dict[str, np.ndarray]) -> dict:
-    """Metrics per split, and per split on the images with no pixel-identical copy in train."""
-    metrics = {}
-    for split, probs in probabilities.items():
-        labels = data.split(split).labels
-        predicted = probs.argmax(axis=1)
-        unique = data.unique_mask(split)
-        metrics[split] = classification_metrics(labels, predicted, data.classes)
-        metrics[f"{split}_unique"] = classification_metrics(labels[unique], predicted[unique], data.classes)
-    return metrics
-
-
-def write_evaluation(run: RunDirectory, data: FerData, probabilities: dict[str, np.ndarray], title: str) -> dict:
-    """Predictions, confusion matrix, report and metrics for the evaluated splits (test is the headline)."""
-    from fer_bench.charts import confusion_figure
-    import pandas as pd
-
-    metrics = evaluate_splits(data, probabilities)
-    test = data.test
-    test_predicted = probabilities["test"].argmax(axis=1)
-    run.write_table("predictions.csv", prediction_table(
-        test.names, test.labels, probabilities["test"], data.classes, ~data.unique_mask("test")))
-    matrix = confusion(test.labels, test_predicted, len(data.classes))
-    frame = pd.DataFrame(matrix, columns=list(data.classes))
-    frame.insert(0, "true", list(data.classes))
-    run.write_table("confusion_matrix.csv", frame)
-    run.write_figure("confusion_matrix.png", confusion_figure(matrix, data.classes, f"{title}: test confusion matrix"))
-    report = "\n".join(
-        f"== {split} ({len(data.split(split))} images) ==\n"
-        + report_text(data.split(split).labels, probabilities[split].argmax(axis=1), data.classes)
-        for split in probabilities
-    )
-    run.write_text("classification_report.txt", report)
-    return metrics
-
-
 def summary_lines(name: str, exp: Experiment, data: FerData, metrics: dict, best_epoch: int | None,
                   seconds: float, path: Path) -> list[str]:
     test, val, unique = metrics["test"], metrics["validation"], metrics["test_unique"]
@@ -154,6 +98,8 @@ def summary_lines(name: str, exp: Experiment, data: FerData, metrics: dict, best
         f"balanced {test['balanced_accuracy']:.4f}",
         f"test*     accuracy {unique.get('accuracy', float('nan')):.4f} on the {unique['count']} test images "
         "with no copy in train",
+        *([f"test+TTA  accuracy {metrics['test_tta']['accuracy']:.4f} ({metrics['test_tta']['mode']})"]
+          if "test_tta" in metrics else []),
         f"time      {seconds:.0f}s",
         f"artifacts {path}",
     ]
@@ -162,6 +108,7 @@ def summary_lines(name: str, exp: Experiment, data: FerData, metrics: dict, best
 def run_experiment(exp: Experiment, data_dir: str | Path | None = None, results_dir: str | Path = "results",
                    name: str | None = None, restart: bool = False) -> Path:
     """Train and evaluate one experiment; return its finished run directory."""
+    resolve_source(exp.data, data_dir)  # a missing data path fails here, before a run folder exists
     run_name = name or exp.name or "run"
     run = choose_run_directory(Path(results_dir), run_name, name is not None, restart).create()
     exp = dataclasses.replace(exp, name=run.path.name)
@@ -190,6 +137,7 @@ def _train_and_evaluate(exp: Experiment, run: RunDirectory, data_dir: str | Path
     import pandas as pd
 
     from fer_bench.charts import curves_figure
+    from fer_bench.inference import keras_predictor, predict_with_tta
     from fer_bench.train import configure_runtime, predict_probabilities, train_model
 
     seconds: dict[str, float] = {}
@@ -204,9 +152,19 @@ def _train_and_evaluate(exp: Experiment, run: RunDirectory, data_dir: str | Path
     run.write_figure("curves.png", curves_figure(result.history, f"{exp.name}: training curves"))
 
     tick = time.perf_counter()
-    probabilities = {split: predict_probabilities(result.model, data.split(split).images)
-                     for split in SPLITS_EVALUATED}
-    metrics = write_evaluation(run, data, probabilities, exp.name)
+    predictions = {
+        split: SplitPredictions(data.split(split).names, data.split(split).labels,
+                                predict_probabilities(result.model, data.split(split).images),
+                                ~data.unique_mask(split))
+        for split in SPLITS_EVALUATED
+    }
+    metrics = write_evaluation(run, data.classes, predictions, exp.name)
+    if exp.evaluate.tta != "none":
+        # Reported beside the plain scores, never in their place: selection stays on plain validation accuracy.
+        probabilities = predict_with_tta(keras_predictor(result.model, data.classes), data.test.images,
+                                         exp.evaluate.tta)
+        metrics["test_tta"] = {"mode": exp.evaluate.tta,
+                               **classification_metrics(data.test.labels, probabilities.argmax(axis=1), data.classes)}
     seconds["evaluate"] = round(time.perf_counter() - tick, 2)
     seconds["total"] = round(time.perf_counter() - clock, 2)
 

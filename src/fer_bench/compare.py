@@ -1,0 +1,186 @@
+"""Compare finished runs: a table, confidence intervals, pairwise significance and charts.
+
+Reads only run folders (metrics.json, predictions.csv, history.csv, config.yaml); never imports
+TensorFlow, so comparing many runs takes seconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fer_bench.artifacts import STATUS_FILE, RunDirectory, read_run
+from fer_bench.errors import RunError
+from fer_bench.evaluate import bootstrap_scores, confidence_interval, mcnemar_exact
+
+METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "weighted_f1")
+SORT_KEYS = (*METRICS, "name", "training_seconds", "parameters")
+SIGNIFICANCE_LEVEL = 0.05
+
+
+def find_runs(root: Path) -> list[Run]:
+    """Every finished run folder under `root` (recursively); others are skipped with a one-line warning."""
+    root = Path(root)
+    if not root.is_dir():
+        raise RunError(f"results directory not found: {root}")
+    runs = []
+    for status in sorted(root.rglob(STATUS_FILE)):
+        folder = status.parent
+        if "eval" in folder.relative_to(root).parts[:-1]:
+            continue  # cross-dataset evaluations live inside a run; they are not runs of their own
+        name = str(folder.relative_to(root)) if folder != root else folder.name
+        try:
+            runs.append(read_run(folder, name))
+        except RunError as exc:
+            print(f"warning: skipping {exc}", file=sys.stderr)
+    if not runs:
+        raise RunError(f"no finished runs under {root}")
+    return runs
+
+
+def _settings(run: Run) -> str:
+    """The few settings that tell runs apart at a glance."""
+    cfg = run.config
+    data, train, augment, model = (cfg.get(k) or {} for k in ("data", "train", "augment", "model"))
+    parts = [f"{data['input_size']}px"] if "input_size" in data else []
+    if model.get("weights"):
+        parts.append(f"weights={Path(str(model['weights'])).name}")
+    if any(augment.get(k) for k in ("flip", "rotation", "zoom", "shift")):
+        parts.append("aug")
+    if train.get("optimizer"):
+        parts.append(f"{train['optimizer']} lr={train.get('learning_rate')}")
+    if train.get("class_weight") not in (None, "none"):
+        parts.append(f"class_weight={train['class_weight']}")
+    if run.metrics.get("members"):
+        parts.append(f"{len(run.metrics['members'])} members")
+    return ", ".join(parts)
+
+
+def _reference_fingerprint(runs: list[Run]) -> str | None:
+    fingerprints = [r.metrics.get("data_fingerprint") for r in runs]
+    return max(set(fingerprints), key=fingerprints.count) if fingerprints else None
+
+
+def comparison_table(runs: list[Run], split: str, num_resamples: int = 1000) -> pd.DataFrame:
+    """One row per run with its scores on `split`, 95% bootstrap intervals and key settings."""
+    reference = _reference_fingerprint(runs)
+    rows = []
+    for run in runs:
+        scores = run.metrics.get(split) or {}
+        row: dict[str, Any] = {
+            "name": run.name, "model": run.metrics.get("model", "?"), "settings": _settings(run),
+            **{metric: scores.get(metric, np.nan) for metric in METRICS},
+            "accuracy_no_duplicates": (run.metrics.get(f"{split}_unique") or {}).get("accuracy", np.nan),
+            "images": scores.get("count", 0),
+            "parameters": run.metrics.get("parameters"),
+            "training_seconds": run.metrics.get("training_seconds"),
+            "epochs": run.metrics.get("epochs_run"),
+            "data": "same" if run.metrics.get("data_fingerprint") == reference else "DIFFERENT",
+        }
+        predictions = run.split_predictions(split)
+        if len(predictions):
+            index = {c: i for i, c in enumerate(run.classes)}
+            y_true = predictions["true"].map(index).to_numpy()
+            y_pred = predictions["predicted"].map(index).to_numpy()
+            samples = bootstrap_scores(y_true, y_pred, len(run.classes), num_resamples)
+            for metric in ("accuracy", "macro_f1"):
+                row[f"{metric}_low"], row[f"{metric}_high"] = confidence_interval(samples[metric])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def significance_table(runs: list[Run], split: str) -> pd.DataFrame:
+    """McNemar's exact test for every pair of runs scored on the same images of `split`."""
+    rows = []
+    for a, b in itertools.combinations(runs, 2):
+        pa, pb = a.split_predictions(split), b.split_predictions(split)
+        if (len(pa) == 0 or len(pa) != len(pb) or a.metrics.get("data_fingerprint") != b.metrics.get("data_fingerprint")
+                or list(pa.get("file", pa.index)) != list(pb.get("file", pb.index))):
+            continue
+        correct_a = (pa["true"] == pa["predicted"]).to_numpy()
+        correct_b = (pb["true"] == pb["predicted"]).to_numpy()
+        a_only, b_only, p_value = mcnemar_exact(correct_a, correct_b)
+        better, worse = (a, b) if correct_a.mean() >= correct_b.mean() else (b, a)
+        if p_value < SIGNIFICANCE_LEVEL:
+            verdict = f"{better.name} beats {worse.name}, p={p_value:.3g}"
+        else:
+            verdict = f"{a.name} vs {b.name}: no significant difference, p={p_value:.3g}"
+        rows.append({"run_a": a.name, "run_b": b.name, "accuracy_a": correct_a.mean(), "accuracy_b": correct_b.mean(),
+                     "a_right_b_wrong": a_only, "a_wrong_b_right": b_only, "p_value": p_value, "summary": verdict})
+    return pd.DataFrame(rows, columns=["run_a", "run_b", "accuracy_a", "accuracy_b", "a_right_b_wrong",
+                                       "a_wrong_b_right", "p_value", "summary"])
+
+
+def markdown_table(table: pd.DataFrame, metric: str) -> str:
+    """The comparison as a Markdown table (also what the console shows)."""
+    header = ["#", "run", "model", "settings", "accuracy (95% CI)", "macro-F1 (95% CI)", "balanced acc.",
+              "acc. w/o duplicates", "params", "train time", "epochs", "data"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for rank, row in enumerate(table.itertuples(index=False), start=1):
+        def interval(name: str) -> str:
+            value = getattr(row, name)
+            low, high = getattr(row, f"{name}_low", np.nan), getattr(row, f"{name}_high", np.nan)
+            return f"{value:.4f}" + (f" ({low:.3f}-{high:.3f})" if not np.isnan(low) else "")
+
+        params = f"{row.parameters / 1e6:.2f}M" if row.parameters and not pd.isna(row.parameters) else "-"
+        seconds = row.training_seconds
+        duration = f"{seconds / 60:.1f} min" if seconds and not pd.isna(seconds) else "-"
+        epochs = str(int(row.epochs)) if row.epochs and not pd.isna(row.epochs) else "-"
+        lines.append("| " + " | ".join([
+            str(rank), row.name, row.model, row.settings, interval("accuracy"), interval("macro_f1"),
+            f"{row.balanced_accuracy:.4f}", f"{row.accuracy_no_duplicates:.4f}", params, duration, epochs, row.data,
+        ]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def compare_runs(root: Path, out: Path | None = None, split: str = "test", metric: str = "accuracy",
+                 sort: str | None = None) -> dict[str, Any]:
+    """Compare every finished run under `root`; write the table, significance and charts into `out`."""
+    from fer_bench import charts
+
+    runs = find_runs(root)
+    out = Path(out) if out is not None else Path(root)
+    table = comparison_table(runs, split)
+    sort = sort or metric
+    table = table.sort_values(sort, ascending=sort in ("name", "training_seconds", "parameters"), kind="stable")
+    table = table.reset_index(drop=True)
+    order = {name: i for i, name in enumerate(table["name"])}
+    runs.sort(key=lambda r: order[r.name])
+    significance = significance_table(runs, split)
+
+    folder = RunDirectory(out).create()
+    folder.write_table("comparison.csv", table)
+    markdown = markdown_table(table, metric)
+    notes = []
+    if (table["data"] == "DIFFERENT").any():
+        notes.append("Runs marked DIFFERENT were made on other data (their data fingerprint differs); "
+                     "their numbers are not comparable with the rest.")
+    summary_lines = significance["summary"].tolist()
+    folder.write_text("comparison.md", f"# Comparison on the {split} split\n\n{markdown}\n"
+                      + "".join(f"{n}\n" for n in notes)
+                      + ("\n## McNemar's exact test\n\n" + "".join(f"- {s}\n" for s in summary_lines)
+                         if summary_lines else ""))
+    folder.write_table("significance.csv", significance)
+    folder.write_figure("comparison.png", charts.comparison_figure(table, split))
+    folder.write_figure("per_class_f1.png", charts.per_class_f1_figure(
+        [r.name for r in runs], [r.metrics.get(split, {}).get("per_class", {}) for r in runs], split))
+    folder.write_figure("confusion_matrices.png", charts.confusion_grid_figure(
+        [r.name for r in runs], [_confusion(r, split) for r in runs], [r.classes for r in runs], split))
+    curves = [(r.name, r.history) for r in runs if r.history is not None and "val_accuracy" in r.history]
+    if curves:
+        folder.write_figure("training_curves.png", charts.validation_curves_figure(curves))
+    return {"table": table, "markdown": markdown, "significance": significance, "notes": notes, "out": out}
+
+
+def _confusion(run: Run, split: str) -> np.ndarray:
+    predictions = run.split_predictions(split)
+    index = {c: i for i, c in enumerate(run.classes)}
+    k = len(run.classes)
+    codes = predictions["true"].map(index).to_numpy() * k + predictions["predicted"].map(index).to_numpy()
+    return np.bincount(codes.astype(int), minlength=k * k).reshape(k, k)
+

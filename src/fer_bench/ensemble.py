@@ -1,0 +1,64 @@
+"""Ensembles: average the saved class probabilities of several runs into a run of its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fer_bench.artifacts import METRICS_FILE, RunDirectory, environment_record, now, read_run, write_evaluation
+from fer_bench.errors import RunError
+from fer_bench.evaluate import SplitPredictions
+
+
+def ensemble_runs(run_paths: list[Path], name: str, results_dir: Path | None = None) -> tuple[Path, dict]:
+    """Average the members' probabilities (from predictions.csv, no re-inference) and write a run folder."""
+    if len(run_paths) < 2:
+        raise RunError("an ensemble needs at least two runs")
+    members = [read_run(Path(p), Path(p).name) for p in run_paths]
+    first = members[0]
+    for member in members[1:]:
+        if member.classes != first.classes:
+            raise RunError(f"{member.name} predicts {member.classes}, {first.name} predicts {first.classes}")
+        if member.metrics.get("data_fingerprint") != first.metrics.get("data_fingerprint"):
+            raise RunError(f"{member.name} and {first.name} were evaluated on different data")
+    classes = tuple(first.classes)
+    columns = [f"p_{c}" for c in classes]
+    splits = [s for s in ("validation", "test") if all(len(m.split_predictions(s)) for m in members)]
+    if "test" not in splits:
+        raise RunError("every member needs test predictions in predictions.csv")
+    predictions = {}
+    for split in splits:
+        frames = [m.split_predictions(split) for m in members]
+        if any(list(f["file"]) != list(frames[0]["file"]) for f in frames[1:]):
+            raise RunError(f"the members' {split} predictions are not for the same images in the same order")
+        if any(missing := [c for c in columns if c not in f.columns] for f in frames):
+            raise RunError(f"a member's predictions.csv has no probability columns {missing}")
+        index = {c: i for i, c in enumerate(classes)}
+        base = frames[0]
+        duplicate = base["duplicate_of_train"].to_numpy(bool) if "duplicate_of_train" in base else None
+        probabilities = np.mean([f[columns].to_numpy(dtype=np.float64) for f in frames], axis=0)
+        predictions[split] = SplitPredictions(base["file"].tolist(), base["true"].map(index).to_numpy(),
+                                              probabilities, duplicate)
+
+    results_dir = Path(results_dir) if results_dir is not None else first.path.parent
+    run = RunDirectory(results_dir / name)
+    if run.path.exists():
+        raise RunError(f"{run.path} already exists; choose another --name")
+    run.create()
+    started = now()
+    run.set_status("running", started=started)
+    member_names = [str(m.path) for m in members]
+    run.write_yaml("config.yaml", {"name": name, "model": {"name": "ensemble", "members": member_names}})
+    metrics = write_evaluation(run, classes, predictions, name)
+    run.write_json("environment.json", {**environment_record(), "started": started, "finished": now()})
+    record = {
+        "run": name, "model": "ensemble", "kind": "ensemble", "members": member_names, "classes": list(classes),
+        "data_fingerprint": first.metrics.get("data_fingerprint"), "protocol": first.metrics.get("protocol"),
+        "parameters": sum(int(m.metrics.get("parameters") or 0) for m in members),
+        "training_seconds": round(sum(float(m.metrics.get("training_seconds") or 0) for m in members), 2),
+        **metrics,
+    }
+    run.write_json(METRICS_FILE, record)
+    run.set_status("finished", started=started, finished=now(), test_accuracy=metrics["test"]["accuracy"])
+    return run.path, record

@@ -1,0 +1,237 @@
+"""Using a trained model: predictors for saved runs, test-time augmentation, faces in ordinary photos,
+and evaluation of a run on another labelled dataset."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fer_bench import EMOTIONS
+from fer_bench.config import TTA_MODES
+from fer_bench.artifacts import METRICS_FILE, RunDirectory, environment_record, now, write_evaluation
+from fer_bench.data import IMAGE_SIDE, IMAGE_SUFFIXES, load_labelled_folder, parse_class_map
+from fer_bench.errors import FerBenchError, RunError
+from fer_bench.evaluate import SplitPredictions
+
+CROP_SIDE = 42  # ten-crop takes 42x42 of the 48x48 face, about 88% of its side
+SMALL_IMAGE = 64  # an image this small is taken to be a face crop already
+
+
+@dataclass
+class Predictor:
+    """A trained model behind one surface: uint8 faces (n, 48, 48) in, class probabilities (n, k) out."""
+
+    classes: tuple[str, ...]
+    predict_proba: Callable[[np.ndarray], np.ndarray]
+    source: str
+
+
+def keras_predictor(model: Any, classes: tuple[str, ...], source: str = "in memory") -> Predictor:
+    from fer_bench.train import predict_probabilities
+
+    return Predictor(classes, lambda images: predict_probabilities(model, images), source)
+
+
+def _load_keras(path: Path, classes: tuple[str, ...] | None) -> Predictor:
+    from fer_bench.models import load_model
+
+    model = load_model(path)
+    outputs = int(model.output_shape[-1])
+    if classes is None:
+        if outputs != len(EMOTIONS):
+            raise RunError(f"{path} has {outputs} outputs; pass its run directory so the class names are known")
+        classes = EMOTIONS
+    return keras_predictor(model, classes, str(path))
+
+
+# Model files a run may hold, and how to load each; feature-based runs add their own entry.
+PREDICTOR_LOADERS: dict[str, Callable[[Path, tuple[str, ...] | None], Predictor]] = {"model.keras": _load_keras}
+
+
+def load_predictor(run_or_model: Path | str) -> Predictor:
+    """A predictor from a run directory (its model file and class names) or from a model file."""
+    path = Path(run_or_model)
+    if path.is_dir():
+        model_file = next((path / name for name in PREDICTOR_LOADERS if (path / name).is_file()), None)
+        if model_file is None:
+            raise RunError(f"{path} holds no model file ({' or '.join(PREDICTOR_LOADERS)})")
+    elif path.is_file():
+        model_file = path
+    else:
+        raise RunError(f"no run directory or model file at {path}")
+    loader = PREDICTOR_LOADERS.get(model_file.name) or PREDICTOR_LOADERS.get("model" + model_file.suffix)
+    if loader is None:
+        raise RunError(f"{model_file}: unknown model file type; expected {' or '.join(PREDICTOR_LOADERS)}")
+    metrics_file = model_file.parent / METRICS_FILE
+    classes = tuple(json.loads(metrics_file.read_text())["classes"]) if metrics_file.is_file() else None
+    return loader(model_file, classes)
+
+
+# --- test-time augmentation ------------------------------------------------------------------
+
+def tta_views(images: np.ndarray, mode: str) -> list[np.ndarray]:
+    """The views of each face averaged by test-time augmentation (each still uint8 48x48)."""
+    if mode not in TTA_MODES:
+        raise FerBenchError(f"--tta must be one of {list(TTA_MODES)}; got {mode!r}")
+    if mode == "none":
+        return [images]
+    if mode == "flip":
+        return [images, images[:, :, ::-1]]
+    from scipy.ndimage import zoom
+
+    margin = IMAGE_SIDE - CROP_SIDE
+    offsets = [(0, 0), (0, margin), (margin, 0), (margin, margin), (margin // 2, margin // 2)]
+    views = []
+    for top, left in offsets:
+        crop = images[:, top:top + CROP_SIDE, left:left + CROP_SIDE].astype(np.float32)
+        resized = zoom(crop, (1, IMAGE_SIDE / CROP_SIDE, IMAGE_SIDE / CROP_SIDE), order=1)
+        view = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+        views.extend([view, view[:, :, ::-1]])
+    return views
+
+
+def predict_with_tta(predictor: Predictor, images: np.ndarray, mode: str) -> np.ndarray:
+    """Class probabilities averaged over the test-time views."""
+    return np.mean([predictor.predict_proba(view) for view in tta_views(images, mode)], axis=0)
+
+
+# --- faces in photos -------------------------------------------------------------------------
+
+def _face_detector() -> Any:
+    import cv2  # here: only `predict` needs OpenCV
+
+    # The Haar cascade ships inside opencv-python-headless: no download.
+    detector = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))
+    if detector.empty():
+        raise FerBenchError("OpenCV's frontal-face Haar cascade could not be loaded")
+    return detector
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    """The given files, and the image files directly inside the given directories."""
+    files = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            files.append(path)
+    return files
+
+
+def find_faces(grey: np.ndarray, detector: Any) -> list[tuple[int, int, int, int]]:
+    """Face boxes (x, y, w, h), largest first; a small image is one face filling the frame."""
+    height, width = grey.shape
+    if max(height, width) <= SMALL_IMAGE:
+        return [(0, 0, width, height)]
+    boxes = detector.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(30, 30))
+    return sorted((tuple(int(v) for v in box) for box in boxes), key=lambda b: -b[2] * b[3])
+
+
+def crop_face(grey: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    from PIL import Image
+
+    x, y, w, h = box
+    face = Image.fromarray(grey[y:y + h, x:x + w])
+    return np.asarray(face.resize((IMAGE_SIDE, IMAGE_SIDE), Image.BILINEAR), dtype=np.uint8)
+
+
+def predict_photos(predictor: Predictor, paths: list[Path], annotate_dir: Path | None = None,
+                   tta: str = "none") -> list[dict]:
+    """Per image: its faces with emotion and top-3 probabilities, or the error that stopped it."""
+    from PIL import Image, UnidentifiedImageError
+
+    detector = _face_detector()
+    results = []
+    for path in image_files(paths):
+        try:
+            with Image.open(path) as opened:
+                photo = opened.convert("RGB")
+        except FileNotFoundError:
+            results.append({"image": str(path), "error": "file not found"})
+            continue
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            results.append({"image": str(path), "error": "not a readable image"})
+            continue
+        grey = np.asarray(photo.convert("L"))
+        boxes = find_faces(grey, detector)
+        faces = []
+        if boxes:
+            crops = np.stack([crop_face(grey, box) for box in boxes])
+            probabilities = predict_with_tta(predictor, crops, tta)
+            for box, probs in zip(boxes, probabilities):
+                top = np.argsort(probs)[::-1][:3]
+                faces.append({"box": list(box), "emotion": predictor.classes[top[0]],
+                              "top3": [[predictor.classes[i], round(float(probs[i]), 4)] for i in top]})
+        result = {"image": str(path), "faces": faces}
+        if annotate_dir is not None:
+            result["annotated"] = str(_annotate(photo, faces, path, annotate_dir))
+        results.append(result)
+    return results
+
+
+def _annotate(photo: Any, faces: list[dict], path: Path, out_dir: Path) -> Path:
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(photo)
+    line = max(2, photo.width // 300)
+    for face in faces:
+        x, y, w, h = face["box"]
+        draw.rectangle([x, y, x + w, y + h], outline=(255, 64, 64), width=line)
+        label = f"{face['emotion']} {face['top3'][0][1]:.0%}"
+        text_box = draw.textbbox((x, max(y - 14, 0)), label)
+        draw.rectangle(text_box, fill=(255, 64, 64))
+        draw.text((x, max(y - 14, 0)), label, fill=(255, 255, 255))
+    target = out_dir / f"{path.stem}_annotated.png"
+    RunDirectory(out_dir).create().write_image(target.name, photo)
+    return target
+
+
+# --- cross-dataset evaluation ----------------------------------------------------------------
+
+def evaluate_on_dataset(run_path: Path, data_dir: Path, mapping: str | None = None, tta: str = "none",
+                        name: str | None = None) -> tuple[Path, dict]:
+    """Score a trained run on another class-per-folder dataset; write `<run>/eval/<name>/`."""
+    run_path = Path(run_path)
+    if not (run_path / METRICS_FILE).is_file():
+        raise RunError(f"{run_path} is not a finished run (no {METRICS_FILE})")
+    predictor = load_predictor(run_path)
+    classes = predictor.classes
+    split, ignored, skipped = load_labelled_folder(Path(data_dir), classes, parse_class_map(mapping, classes))
+    if ignored:
+        print(f"notice: ignored folders the model has no class for: {', '.join(ignored)}", file=sys.stderr)
+    for item, reason in skipped:
+        print(f"warning: skipped {item}: {reason}", file=sys.stderr)
+    name = name or Path(data_dir).resolve().name
+    out = RunDirectory(run_path / "eval" / name).create()
+    out.set_status("running", started=now())
+    predictions = {"test": SplitPredictions(split.names, split.labels, predictor.predict_proba(split.images), None)}
+    metrics = write_evaluation(out, classes, predictions, f"{run_path.name} on {name}")
+    if tta != "none":
+        tta_probs = predict_with_tta(predictor, split.images, tta)
+        metrics["test_tta"] = {"mode": tta, **_scores(split.labels, tta_probs, classes)}
+    record = {"run": f"{run_path.name} on {name}", "model": _run_model(run_path), "kind": "evaluation",
+              "classes": list(classes), "data_fingerprint": f"{name}", "dataset": str(data_dir),
+              "ignored_folders": ignored, "skipped": [{"item": i, "reason": r} for i, r in skipped], **metrics}
+    out.write_json("environment.json", {**environment_record(), "finished": now()})
+    out.write_json(METRICS_FILE, record)
+    out.set_status("finished", finished=now())
+    return out.path, record
+
+
+def _scores(labels: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...]) -> dict:
+    from fer_bench.evaluate import classification_metrics
+
+    return classification_metrics(labels, probabilities.argmax(axis=1), classes)
+
+
+def _run_model(run_path: Path) -> str:
+    try:
+        return json.loads((run_path / METRICS_FILE).read_text()).get("model", "?")
+    except (OSError, ValueError):
+        return "?"

@@ -1,0 +1,137 @@
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from fer_bench.cli import app
+from fer_bench.evaluate import bootstrap_scores, confidence_interval, mcnemar_exact
+from helpers import check_run
+
+runner = CliRunner()
+CLASSES = ("angry", "happy", "surprise")
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_mcnemar_matches_the_hand_computed_binomial():
+    a = np.array([True] * 10 + [False] * 2 + [True] * 5)
+    b = np.array([False] * 10 + [True] * 2 + [True] * 5)
+    a_only, b_only, p = mcnemar_exact(a, b)
+    assert (a_only, b_only) == (10, 2)
+    assert p == pytest.approx(2 * (1 + 12 + 66) / 4096)
+    assert mcnemar_exact(a, a) == (0, 0, 1.0)
+
+
+def test_bootstrap_is_seeded_and_brackets_the_score():
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 3, 500)
+    y_pred = np.where(rng.random(500) < 0.7, y_true, (y_true + 1) % 3)
+    first = bootstrap_scores(y_true, y_pred, 3, 400, seed=1)
+    second = bootstrap_scores(y_true, y_pred, 3, 400, seed=1)
+    assert np.array_equal(first["accuracy"], second["accuracy"])
+    low, high = confidence_interval(first["accuracy"])
+    assert low < (y_true == y_pred).mean() < high and high - low < 0.1
+    from sklearn.metrics import f1_score
+
+    index = np.random.default_rng(1).integers(0, 500, size=(400, 500))[0]
+    assert first["macro_f1"][0] == pytest.approx(f1_score(y_true[index], y_pred[index], average="macro"))
+
+
+def add_broken_runs(results):
+    (results / "failed").mkdir(exist_ok=True)
+    (results / "failed" / "status.json").write_text('{"state": "failed", "error": "boom"}')
+    (results / "half").mkdir(exist_ok=True)
+    (results / "half" / "status.json").write_text('{"state": "running"}')
+    shutil.copytree(results / "custom_cnn", results / "nopred", dirs_exist_ok=True)
+    (results / "nopred" / "predictions.csv").unlink()
+
+
+@pytest.mark.slow
+def test_compare_writes_table_significance_and_charts(trained_runs, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(trained_runs, results)
+    add_broken_runs(results)
+    out = invoke("compare", results)
+    assert out.exit_code == 0, out.output
+    assert "warning: skipping failed: not finished (status failed)" in out.output
+    assert "warning: skipping half: not finished (status running)" in out.output
+    assert "warning: skipping nopred: predictions.csv is missing" in out.output
+    table = pd.read_csv(results / "comparison.csv")
+    assert sorted(table["name"]) == ["custom_cnn", "custom_cnn_aug"]
+    assert table["accuracy"].is_monotonic_decreasing
+    for run in ("custom_cnn", "custom_cnn_aug"):
+        metrics = json.loads((results / run / "metrics.json").read_text())
+        row = table[table["name"] == run].iloc[0]
+        assert row["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+        assert row["accuracy_low"] <= row["accuracy"] <= row["accuracy_high"]
+        assert row["data"] == "same"
+    significance = pd.read_csv(results / "significance.csv")
+    assert len(significance) == 1 and 0 <= significance["p_value"][0] <= 1
+    assert significance["summary"][0] in out.output
+    assert "| 1 | " in (results / "comparison.md").read_text()
+    for chart in ("comparison.png", "per_class_f1.png", "confusion_matrices.png", "training_curves.png"):
+        assert (results / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_compare_options_and_flags_for_other_data(trained_runs, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(trained_runs, results)
+    metrics_file = results / "custom_cnn_aug" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics["data_fingerprint"] = "something-else"
+    metrics_file.write_text(json.dumps(metrics))
+    shutil.copytree(results / "custom_cnn", results / "copy")
+    out = invoke("compare", results, "--out", tmp_path / "out", "--split", "validation", "--metric", "macro_f1")
+    assert out.exit_code == 0, out.output
+    table = pd.read_csv(tmp_path / "out" / "comparison.csv")
+    assert table["macro_f1"].is_monotonic_decreasing
+    assert table.set_index("name").loc["custom_cnn_aug", "data"] == "DIFFERENT"
+    assert "made on other data" in out.output
+    # runs on different data are never tested against each other
+    significance = pd.read_csv(tmp_path / "out" / "significance.csv")
+    assert significance[["run_a", "run_b"]].values.tolist() == [["copy", "custom_cnn"]] or \
+        significance[["run_a", "run_b"]].values.tolist() == [["custom_cnn", "copy"]]
+    assert not (results / "comparison.csv").exists()
+
+
+def test_compare_errors_are_one_line(tmp_path):
+    out = invoke("compare", tmp_path / "none")
+    assert out.exit_code == 1 and out.output.strip() == f"error: results directory not found: {tmp_path / 'none'}"
+    out = invoke("compare", tmp_path)
+    assert out.exit_code == 1 and out.output.strip() == f"error: no finished runs under {tmp_path}"
+    out = invoke("compare", tmp_path, "--metric", "speed")
+    assert out.exit_code == 1 and "--metric must be one of ['accuracy'" in out.output
+
+
+@pytest.mark.slow
+def test_ensemble_averages_member_probabilities(trained_runs, tmp_path):
+    members = [trained_runs / "custom_cnn", trained_runs / "custom_cnn_aug"]
+    out = invoke("ensemble", *members, "--name", "both", "--results-dir", tmp_path)
+    assert out.exit_code == 0, out.output
+    check_run(tmp_path / "both", CLASSES, model_file=None)
+    columns = [f"p_{c}" for c in CLASSES]
+    frames = [pd.read_csv(m / "predictions.csv") for m in members]
+    mean = (frames[0][columns].to_numpy() + frames[1][columns].to_numpy()) / 2
+    ensemble = pd.read_csv(tmp_path / "both" / "predictions.csv")
+    assert np.allclose(ensemble[columns].to_numpy(), mean, atol=1e-5)
+    metrics = json.loads((tmp_path / "both" / "metrics.json").read_text())
+    assert metrics["kind"] == "ensemble" and len(metrics["members"]) == 2
+    again = invoke("ensemble", *members, "--name", "both", "--results-dir", tmp_path)
+    assert again.exit_code == 1 and "already exists" in again.output
+
+
+@pytest.mark.slow
+def test_ensemble_rejects_bad_members(trained_runs, tmp_path):
+    one = invoke("ensemble", trained_runs / "custom_cnn", "--name", "x", "--results-dir", tmp_path)
+    assert one.exit_code == 1 and one.output.strip() == "error: an ensemble needs at least two runs"
+    broken = tmp_path / "broken"
+    shutil.copytree(trained_runs / "custom_cnn", broken)
+    (broken / "predictions.csv").unlink()
+    out = invoke("ensemble", trained_runs / "custom_cnn", broken, "--name", "x", "--results-dir", tmp_path)
+    assert out.exit_code == 1 and out.output.strip() == "error: broken: predictions.csv is missing"
