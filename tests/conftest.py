@@ -74,6 +74,10 @@ def tiny_overrides(config: Path) -> list[str]:
         overrides.append("data.input_size=32")
     if raw.get("model", {}).get("fine_tune"):
         overrides.append("model.fine_tune.head_epochs=1")
+    if (raw.get("features") or {}).get("cnn_config"):
+        overrides.append("features.cnn_overrides=['train.epochs=1', 'model.params.filters=[8, 16]']")
+    if raw.get("features"):
+        overrides.append("search.max_samples=null")
     return overrides
 
 

@@ -106,7 +106,7 @@ def test_data_inspect_reports_splits_and_duplicates(tmp_path):
     result = invoke("data", "inspect", "--data-dir", root)
     assert result.exit_code == 0, result.output
     assert "validation images that duplicate a train image pixel for pixel: 1" in result.output
-    report = json.loads(invoke("data", "inspect", "--data-dir", root, "--json").output)
+    report = json.loads(invoke("data", "inspect", "--data-dir", root, "--json").stdout)
     assert report["split_sizes"] == {"train": 6, "validation": 5, "test": 4}
 
 

@@ -47,7 +47,7 @@ def test_predict_on_crops_photos_and_bad_files(trained_runs, tmp_path):
 
     as_json = invoke("predict", trained_runs / "custom_cnn", photos / "crop.png", "--json", "--tta", "flip")
     assert as_json.exit_code == 0, as_json.output
-    (result,) = json.loads(as_json.output)
+    (result,) = json.loads(as_json.stdout)
     face = result["faces"][0]
     assert face["emotion"] in CLASSES and len(face["top3"]) == 3
     assert sum(p for _, p in face["top3"]) == pytest.approx(1, abs=1e-3)
@@ -73,7 +73,7 @@ def test_predict_finds_a_face_in_a_larger_photo(trained_runs, tmp_path):
     photo.save(tmp_path / "photo.jpg")
     out = invoke("predict", trained_runs / "custom_cnn", tmp_path / "photo.jpg", "--json")
     assert out.exit_code == 0, out.output
-    (result,) = json.loads(out.output)
+    (result,) = json.loads(out.stdout)
     assert len(result["faces"]) == 1
     x, y, w, h = result["faces"][0]["box"]
     assert 120 < x < 180 and 60 < y < 120 and 140 < w < 230

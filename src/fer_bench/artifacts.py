@@ -96,6 +96,11 @@ class RunDirectory:
             tmp.unlink(missing_ok=True)
             raise FerBenchError(f"cannot write {self.file(name)}: {exc.strerror or exc}") from None
 
+    def save_joblib(self, obj: Any, name: str = "model.joblib") -> None:
+        import joblib
+
+        _atomic(self.file(name), lambda tmp: joblib.dump(obj, tmp))
+
     def read_json(self, name: str) -> Any:
         return json.loads(self.file(name).read_text())
 

@@ -95,6 +95,12 @@ class TrainConfig:
     batch_size: int = _field(64, Interval(1), "per replica: multiplied by the number of GPUs")
     early_stopping_patience: int | None = _field(8, Interval(1), "null disables early stopping")
     label_smoothing: float = _field(0.0, Interval(0.0, 0.5), "0 = plain one-hot targets")
+    loss: str = _field("crossentropy", Options(("crossentropy", "focal")),
+                       "focal = Keras' CategoricalFocalCrossentropy")
+    focal_gamma: float = _field(2.0, Interval(0.0), "focusing parameter of the focal loss (0 = cross-entropy)")
+    focal_alpha: float = _field(0.25, Interval(0.0, 1.0, low_open=True), "weight of the focal loss")
+    sampling: str = _field("none", Options(("none", "oversample", "undersample")),
+                           "per epoch, every class as often as the largest (oversample) or smallest (undersample)")
     class_weight: str | dict[str, float] = _field("none", doc="none | balanced | {emotion: weight}")
     seed: int = _field(42, Interval(0), "seeds Python, NumPy, TensorFlow, splits, shuffling, augmentation")
     deterministic: bool = _field(False, doc="TensorFlow op determinism: reproducible, somewhat slower")
@@ -113,6 +119,30 @@ class AugmentConfig:
 
 
 TTA_MODES = ("none", "flip", "ten_crop")
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    extractor: str = _field("cnn", Options(("cnn", "hog", "pixels")), "what the classifier sees")
+    from_run: str | None = _field(None, doc="cnn: a finished run folder whose model.keras gives the features")
+    cnn_config: str | None = _field(None, doc="cnn without from_run: an experiment file trained first, in this run")
+    cnn_overrides: list[str] = _field([], doc="--set overrides for that first stage, e.g. ['train.epochs=10']")
+    pca_components: int | None = _field(None, Interval(1), "reduce the features with PCA (fitted on train) first")
+    hog_orientations: int = _field(9, Interval(2), "HOG: orientation bins")
+    hog_cell: int = _field(8, Options((4, 6, 8, 12, 16)), "HOG: cell side in pixels")
+    hog_block: int = _field(2, Interval(1, 4), "HOG: block side in cells")
+    batch_size: int = _field(256, Interval(1), "cnn: images per forward pass when extracting")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    grid: dict[str, list[Any]] = _field({}, doc="classifier parameters to try, e.g. {C: [1, 10]}; empty = no search")
+    selection: str = _field("validation", Options(("validation", "cv")),
+                            "score each setting on the validation split (PublicTest) or by k-fold CV on train")
+    folds: int = _field(3, Interval(2), "cv: number of stratified folds")
+    scoring: str = _field("f1_macro", Options(("f1_macro", "accuracy", "balanced_accuracy")))
+    n_jobs: int = _field(-1, doc="parallel fits (-1 = all cores)")
+    max_samples: int | None = _field(None, Interval(10), "search on a stratified subset of train; the final fit uses all")
 
 
 @dataclass(frozen=True)
@@ -138,6 +168,8 @@ class Experiment:
     train: TrainConfig = _field(None)
     augment: AugmentConfig = _field(None)
     evaluate: EvaluateConfig = _field(None)
+    features: FeaturesConfig | None = _field(None, doc="feature-based models only")
+    search: SearchConfig = _field(None)
     runtime: RuntimeConfig = _field(None)
 
     @property

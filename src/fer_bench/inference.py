@@ -50,8 +50,18 @@ def _load_keras(path: Path, classes: tuple[str, ...] | None) -> Predictor:
     return keras_predictor(model, classes, str(path))
 
 
-# Model files a run may hold, and how to load each; feature-based runs add their own entry.
-PREDICTOR_LOADERS: dict[str, Callable[[Path, tuple[str, ...] | None], Predictor]] = {"model.keras": _load_keras}
+def _load_joblib(path: Path, classes: tuple[str, ...] | None) -> Predictor:
+    from fer_bench.classical import load_feature_model
+
+    model = load_feature_model(path)
+    return Predictor(model.classes, model.predict_proba, str(path))
+
+
+# Model files a run may hold, and how to load each.
+PREDICTOR_LOADERS: dict[str, Callable[[Path, tuple[str, ...] | None], Predictor]] = {
+    "model.keras": _load_keras,
+    "model.joblib": _load_joblib,
+}
 
 
 def load_predictor(run_or_model: Path | str) -> Predictor:

@@ -1,7 +1,8 @@
 """tf.data input pipelines over the in-memory uint8 arrays.
 
-The dataset stays uint8 at 48x48 in memory; each batch is cast to float32 and augmented on the fly,
-and resizing / grey-to-RGB happen inside the model, so no upscaled float copy of the data ever exists.
+The dataset stays uint8 at 48x48 in memory; the pipeline shuffles (or class-balances) image
+*indices*, gathers each batch from the one in-memory copy, casts it to float32 and augments it.
+Resizing and grey-to-RGB happen inside the model, so no upscaled float copy of the data ever exists.
 Augmentation is one fused affine transform per batch (flip, rotation, zoom and shift in a single
 resampling), driven by stateless random ops whose seeds come from a seeded `Dataset.random`: the
 result is reproducible without forcing tf.data to run one element at a time.
@@ -15,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from fer_bench.config import AugmentConfig
+
+SAMPLING = ("none", "oversample", "undersample")
 
 
 def _tf():
@@ -50,23 +53,59 @@ def affine_augment(images: Any, seed: Any, augment: AugmentConfig) -> Any:
     )
 
 
-def training_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int,
-                     augment: AugmentConfig, seed: int, sample_weights: np.ndarray | None = None) -> Any:
-    """Shuffled, augmented batches of (x float32 (B,48,48,1), y one-hot[, per-image weight])."""
-    tf = _tf()
-    columns = [images, labels] if sample_weights is None else [images, labels, sample_weights.astype(np.float32)]
-    ds = tf.data.Dataset.from_tensor_slices(tuple(columns))
-    ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    ds = tf.data.Dataset.zip((ds, seeds))
+def epoch_class_counts(labels: np.ndarray, num_classes: int, sampling: str) -> np.ndarray:
+    """How many images of each class one training epoch draws under the sampling strategy."""
+    counts = np.bincount(labels, minlength=num_classes)
+    present = counts[counts > 0]
+    if sampling == "none":
+        return counts
+    target = present.max() if sampling == "oversample" else present.min()
+    return np.where(counts > 0, target, 0)
 
-    def prepare(columns, batch_seed):
-        x = tf.cast(columns[0], tf.float32)[..., None]
+
+def _epoch_indices(labels: np.ndarray, num_classes: int, sampling: str, seed: int) -> Any:
+    """A dataset of training-image indices for one epoch, reshuffled every epoch."""
+    tf = _tf()
+    if sampling == "none":
+        return tf.data.Dataset.range(len(labels)).shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    # Exact per-class counts: a shuffled schedule of class ids picks from per-class streams of
+    # indices, each reshuffled and cycled (oversampling) or cut short (undersampling) every epoch.
+    counts = epoch_class_counts(labels, num_classes, sampling)
+    classes = [c for c in range(num_classes) if counts[c] > 0]
+    streams = [
+        tf.data.Dataset.from_tensor_slices(np.flatnonzero(labels == c).astype(np.int64))
+        .shuffle(int((labels == c).sum()), seed=seed + 1 + c, reshuffle_each_iteration=True).repeat()
+        for c in classes
+    ]
+    schedule = np.repeat(np.arange(len(classes), dtype=np.int64), [counts[c] for c in classes])
+    choice = tf.data.Dataset.from_tensor_slices(schedule).shuffle(len(schedule), seed=seed,
+                                                                   reshuffle_each_iteration=True)
+    # The schedule fixes the epoch's length; saying so lets Keras count steps and end epochs cleanly.
+    indices = tf.data.Dataset.choose_from_datasets(streams, choice)
+    return indices.apply(tf.data.experimental.assert_cardinality(len(schedule)))
+
+
+def training_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int,
+                     augment: AugmentConfig, seed: int, sample_weights: np.ndarray | None = None,
+                     sampling: str = "none") -> Any:
+    """Shuffled (or class-balanced), augmented batches of (x float32 (B,48,48,1), y one-hot[, weight])."""
+    tf = _tf()
+    if sampling not in SAMPLING:
+        raise ValueError(f"sampling must be one of {SAMPLING}; got {sampling!r}")
+    all_images = tf.constant(images)  # the one in-memory copy; batches are gathered from it
+    all_labels = tf.constant(labels.astype(np.int64))
+    weights = None if sample_weights is None else tf.constant(sample_weights.astype(np.float32))
+    batches = _epoch_indices(labels, num_classes, sampling, seed).batch(batch_size)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+    def prepare(index, batch_seed):
+        x = tf.cast(tf.gather(all_images, index), tf.float32)[..., None]
         if augment.enabled:
             x = affine_augment(x, batch_seed, augment)
-        y = tf.one_hot(columns[1], num_classes)
-        return (x, y) if len(columns) == 2 else (x, y, columns[2])
+        y = tf.one_hot(tf.gather(all_labels, index), num_classes)
+        return (x, y) if weights is None else (x, y, tf.gather(weights, index))
 
+    ds = tf.data.Dataset.zip((batches, seeds))
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 

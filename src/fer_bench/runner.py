@@ -8,24 +8,45 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+import numpy as np
 
 
 from fer_bench.artifacts import METRICS_FILE, RunDirectory, environment_record, now, write_evaluation
 from fer_bench.config import Experiment, load_config, to_dict
 from fer_bench.data import FerData, load_data, resolve_source
-from fer_bench.errors import FerBenchError, RunError
+from fer_bench.errors import ConfigError, FerBenchError, RunError
 from fer_bench.evaluate import SplitPredictions, classification_metrics
-from fer_bench.models import check_model_config
+from fer_bench.models import MODELS, check_model_config
 
 SPLITS_EVALUATED = ("validation", "test")
 
 
+def model_kind(name: str) -> str:
+    """'keras' for the deep-model registry, 'features' for the feature classifiers."""
+    from fer_bench.classical import CLASSIFIERS
+
+    if name in MODELS:
+        return "keras"
+    if name in CLASSIFIERS:
+        return "features"
+    raise ConfigError(f"model.name: unknown {name!r}; choose from {sorted(MODELS) + sorted(CLASSIFIERS)}")
+
+
 def load_experiment(path: Path | str, overrides: list[str] | None = None) -> Experiment:
-    """Load and fully validate an experiment file: schema, then the model registry's own checks."""
+    """Load and fully validate an experiment file: schema, then the registry's own checks."""
+    from fer_bench.classical import check_feature_config
+
     exp = load_config(path, overrides)
-    check_model_config(exp)
+    if model_kind(exp.model.name) == "keras":
+        check_model_config(exp)
+        if exp.features is not None:
+            raise ConfigError(f"features applies to feature classifiers, not to {exp.model.name}; remove it")
+    else:
+        check_feature_config(exp)
     return exp
 
 
@@ -92,7 +113,7 @@ def summary_lines(name: str, exp: Experiment, data: FerData, metrics: dict, best
         f"run       {name}  ({exp.model.name}, {len(data.classes)} classes, {data.protocol} split)",
         f"data      train {len(data.train)}  validation {len(data.validation)}  test {len(data.test)}  "
         f"[{data.fingerprint}]",
-        f"best      epoch {best_epoch} by validation accuracy",
+        *([f"best      epoch {best_epoch} by validation accuracy"] if best_epoch else []),
         f"valid     accuracy {val['accuracy']:.4f}  macro-F1 {val['macro_f1']:.4f}",
         f"test      accuracy {test['accuracy']:.4f}  macro-F1 {test['macro_f1']:.4f}  "
         f"balanced {test['balanced_accuracy']:.4f}",
@@ -132,55 +153,123 @@ def run_experiment(exp: Experiment, data_dir: str | Path | None = None, results_
     return run.path
 
 
-def _train_and_evaluate(exp: Experiment, run: RunDirectory, data_dir: str | Path | None, started: str,
-                        clock: float) -> dict:
+@dataclass
+class Trained:
+    """What a trainer hands back: a predictor, its scores where already computed, and its record."""
+
+    predictor: Any  # inference.Predictor
+    record: dict  # into metrics.json
+    environment: dict  # into environment.json
+    seconds: dict[str, float]
+    best_epoch: int | None = None
+    probabilities: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _train_keras(exp: Experiment, data: FerData, run: RunDirectory, data_dir: str | Path | None) -> Trained:
     import pandas as pd
 
     from fer_bench.charts import curves_figure
-    from fer_bench.inference import keras_predictor, predict_with_tta
-    from fer_bench.train import configure_runtime, predict_probabilities, train_model
+    from fer_bench.inference import keras_predictor
+    from fer_bench.train import configure_runtime, train_model
+
+    runtime = configure_runtime(exp.runtime, exp.train.seed, exp.train.deterministic)
+    result = train_model(exp, data, runtime)
+    run.save_model(result.model)
+    run.write_table("history.csv", pd.DataFrame(result.history))
+    run.write_figure("curves.png", curves_figure(result.history, f"{exp.name}: training curves"))
+    return Trained(
+        predictor=keras_predictor(result.model, data.classes),
+        record={"kind": "keras", "parameters": int(result.model.count_params()), "best_epoch": result.best_epoch,
+                "epochs_run": len(result.history), "training_seconds": round(sum(result.phase_seconds.values()), 2),
+                "weights": exp.model.weights, "imbalance": result.imbalance},
+        environment={"runtime": result.runtime, "deterministic": exp.train.deterministic,
+                     "global_batch_size": result.global_batch_size},
+        seconds={f"train_{phase}": s for phase, s in result.phase_seconds.items()},
+        best_epoch=result.best_epoch,
+    )
+
+
+def _feature_source(exp: Experiment, run: RunDirectory, data_dir: str | Path | None) -> Path | None:
+    """The model.keras the cnn extractor reads: a finished run's, or one trained here first."""
+    features = exp.features
+    if features.extractor != "cnn":
+        return None
+    if features.from_run is not None:
+        source = Path(features.from_run)
+        if not (source / "metrics.json").is_file():
+            raise RunError(f"features.from_run: {source} is not a finished run (no metrics.json)")
+        if not (source / "model.keras").is_file():
+            raise RunError(f"features.from_run: {source} is not a CNN run (no model.keras)")
+        return source / "model.keras"
+    # First stage: the CNN experiment, on this run's data, trained into <run>/cnn/.
+    stage = load_experiment(features.cnn_config, list(features.cnn_overrides))
+    stage = dataclasses.replace(stage, data=exp.data, train=dataclasses.replace(stage.train, seed=exp.train.seed))
+    print(f"== first stage: training {features.cnn_config} for its features", file=sys.stderr, flush=True)
+    return run_experiment(stage, data_dir=data_dir, results_dir=run.path, name="cnn", restart=True) / "model.keras"
+
+
+def _train_features(exp: Experiment, data: FerData, run: RunDirectory, data_dir: str | Path | None) -> Trained:
+    from fer_bench.classical import fit_feature_model
+    from fer_bench.inference import Predictor
+
+    tick = time.perf_counter()
+    source = _feature_source(exp, run, data_dir)
+    stage_seconds = round(time.perf_counter() - tick, 2)
+    fit = fit_feature_model(exp, data, source)
+    run.save_joblib(fit.model)
+    if fit.search_table is not None:
+        run.write_table("search.csv", fit.search_table)
+    seconds = {"first_stage": stage_seconds, **{f"train_{k}": v for k, v in fit.record["seconds"].items()}}
+    return Trained(
+        predictor=Predictor(data.classes, fit.model.predict_proba, "model.joblib"),
+        record={"kind": "features", "parameters": None, "epochs_run": None,
+                "training_seconds": round(sum(seconds.values()), 2), "features": fit.record},
+        environment={},
+        seconds=seconds,
+        probabilities={s: fit.model.probabilities_from_features(fit.features[s]) for s in SPLITS_EVALUATED},
+    )
+
+
+TRAINERS = {"keras": _train_keras, "features": _train_features}
+
+
+def _train_and_evaluate(exp: Experiment, run: RunDirectory, data_dir: str | Path | None, started: str,
+                        clock: float) -> dict:
+    from fer_bench.inference import predict_with_tta
 
     seconds: dict[str, float] = {}
     tick = time.perf_counter()
     data = load_data(exp.data, exp.classes, data_dir, seed=exp.train.seed)
     seconds["data"] = round(time.perf_counter() - tick, 2)
-    runtime = configure_runtime(exp.runtime, exp.train.seed, exp.train.deterministic)
-    result = train_model(exp, data, runtime)
-    seconds.update({f"train_{phase}": s for phase, s in result.phase_seconds.items()})
-    run.save_model(result.model)
-    run.write_table("history.csv", pd.DataFrame(result.history))
-    run.write_figure("curves.png", curves_figure(result.history, f"{exp.name}: training curves"))
+    trained = TRAINERS[model_kind(exp.model.name)](exp, data, run, data_dir)
+    seconds.update(trained.seconds)
 
     tick = time.perf_counter()
-    predictions = {
-        split: SplitPredictions(data.split(split).names, data.split(split).labels,
-                                predict_probabilities(result.model, data.split(split).images),
-                                ~data.unique_mask(split))
-        for split in SPLITS_EVALUATED
-    }
+    predictions = {}
+    for split in SPLITS_EVALUATED:
+        part = data.split(split)
+        probabilities = trained.probabilities.get(split)
+        if probabilities is None:
+            probabilities = trained.predictor.predict_proba(part.images)
+        predictions[split] = SplitPredictions(part.names, part.labels, probabilities, ~data.unique_mask(split))
     metrics = write_evaluation(run, data.classes, predictions, exp.name)
     if exp.evaluate.tta != "none":
         # Reported beside the plain scores, never in their place: selection stays on plain validation accuracy.
-        probabilities = predict_with_tta(keras_predictor(result.model, data.classes), data.test.images,
-                                         exp.evaluate.tta)
+        probabilities = predict_with_tta(trained.predictor, data.test.images, exp.evaluate.tta)
         metrics["test_tta"] = {"mode": exp.evaluate.tta,
                                **classification_metrics(data.test.labels, probabilities.argmax(axis=1), data.classes)}
     seconds["evaluate"] = round(time.perf_counter() - tick, 2)
     seconds["total"] = round(time.perf_counter() - clock, 2)
 
     run.write_json("environment.json", {
-        **environment_record(), "runtime": result.runtime, "data": data.record(), "seed": exp.train.seed,
-        "deterministic": exp.train.deterministic, "global_batch_size": result.global_batch_size,
+        **environment_record(), **trained.environment, "data": data.record(), "seed": exp.train.seed,
         "started": started, "finished": now(), "seconds": seconds,
     })
     record = {
-        "run": exp.name, "model": exp.model.name, "kind": "keras", "classes": list(data.classes),
-        "data_fingerprint": data.fingerprint, "protocol": data.protocol,
-        "parameters": int(result.model.count_params()), "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history), "training_seconds": round(sum(result.phase_seconds.values()), 2),
-        "weights": exp.model.weights, **metrics,
+        "run": exp.name, "model": exp.model.name, "classes": list(data.classes),
+        "data_fingerprint": data.fingerprint, "protocol": data.protocol, **trained.record, **metrics,
     }
     run.write_json(METRICS_FILE, record)  # last: its presence marks a complete set of artifacts
-    for line in summary_lines(exp.name, exp, data, metrics, result.best_epoch, seconds["total"], run.path):
+    for line in summary_lines(exp.name, exp, data, metrics, trained.best_epoch, seconds["total"], run.path):
         print(line)
     return record

@@ -11,7 +11,7 @@ import numpy as np
 from fer_bench.config import AUTO, Experiment, RuntimeConfig, TrainConfig
 from fer_bench.data import FerData
 from fer_bench.models import BACKBONE_LAYER, build_model
-from fer_bench.pipeline import evaluation_dataset, training_dataset
+from fer_bench.pipeline import epoch_class_counts, evaluation_dataset, training_dataset
 
 
 @dataclass
@@ -38,6 +38,7 @@ class TrainingResult:
     phase_seconds: dict[str, float] = field(default_factory=dict)
     runtime: dict = field(default_factory=dict)
     global_batch_size: int = 0
+    imbalance: dict = field(default_factory=dict)
 
 
 def _resolve_auto(value: bool | str, have_gpu: bool) -> bool:
@@ -100,6 +101,29 @@ def class_weights(labels: np.ndarray, classes: tuple[str, ...], setting: str | d
     return np.array([float(setting.get(c, 1.0)) for c in classes])
 
 
+def make_loss(cfg: TrainConfig) -> Any:
+    """Cross-entropy, or Keras' own focal loss (alpha * (1 - p)^gamma * cross-entropy)."""
+    import keras
+
+    if cfg.loss == "focal":
+        return keras.losses.CategoricalFocalCrossentropy(alpha=cfg.focal_alpha, gamma=cfg.focal_gamma,
+                                                        label_smoothing=cfg.label_smoothing)
+    return keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+
+
+def imbalance_record(cfg: TrainConfig, labels: np.ndarray, classes: tuple[str, ...]) -> dict:
+    """The class-imbalance strategy and the per-class images one training epoch sees."""
+    counts = epoch_class_counts(labels, len(classes), cfg.sampling)
+    weights = class_weights(labels, classes, cfg.class_weight)
+    return {
+        "class_weight": cfg.class_weight, "loss": cfg.loss, "sampling": cfg.sampling,
+        **({"focal_gamma": cfg.focal_gamma, "focal_alpha": cfg.focal_alpha} if cfg.loss == "focal" else {}),
+        "train_counts": {c: int(n) for c, n in zip(classes, np.bincount(labels, minlength=len(classes)))},
+        "epoch_counts": {c: int(n) for c, n in zip(classes, counts)},
+        "loss_weights": None if weights is None else {c: round(float(w), 4) for c, w in zip(classes, weights)},
+    }
+
+
 def _phases(exp: Experiment) -> list[tuple[str, int, float]]:
     """(phase name, epochs, learning rate): one phase, or head-then-fine-tune for a backbone."""
     plan = exp.model.fine_tune
@@ -135,9 +159,10 @@ def train_model(exp: Experiment, data: FerData, runtime: Runtime) -> TrainingRes
     weights = class_weights(data.train.labels, data.classes, cfg.class_weight)
     sample_weights = None if weights is None else weights[data.train.labels]
     train_ds = training_dataset(data.train.images, data.train.labels, num_classes, global_batch, exp.augment,
-                                cfg.seed, sample_weights)
+                                cfg.seed, sample_weights, cfg.sampling)
     val_ds = evaluation_dataset(data.validation.images, data.validation.labels, num_classes, global_batch)
-    steps_per_epoch = int(np.ceil(len(data.train) / global_batch))
+    images_per_epoch = int(epoch_class_counts(data.train.labels, num_classes, cfg.sampling).sum())
+    steps_per_epoch = int(np.ceil(images_per_epoch / global_batch))
 
     with runtime.strategy.scope():
         model = build_model(exp)
@@ -150,7 +175,7 @@ def train_model(exp: Experiment, data: FerData, runtime: Runtime) -> TrainingRes
         with runtime.strategy.scope():
             model.compile(
                 optimizer=make_optimizer(cfg, learning_rate, epochs * steps_per_epoch),
-                loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+                loss=make_loss(cfg),
                 metrics=["accuracy"],
                 jit_compile=runtime.jit_compile,
             )
@@ -168,7 +193,8 @@ def train_model(exp: Experiment, data: FerData, runtime: Runtime) -> TrainingRes
         epoch_offset = len(history)
     best.restore(model)
     return TrainingResult(model=model, history=history, best_epoch=best.best_epoch, phase_seconds=seconds,
-                          runtime=runtime.record(), global_batch_size=global_batch)
+                          runtime=runtime.record(), global_batch_size=global_batch,
+                          imbalance=imbalance_record(cfg, data.train.labels, data.classes))
 
 
 def predict_probabilities(model: Any, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
