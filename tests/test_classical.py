@@ -28,10 +28,11 @@ def test_sampler_gives_the_class_counts_it_promises(sampling, expected):
     labels = np.array([0] * 2 + [1] * 9 + [2] * 5)
     images = np.arange(16, dtype=np.uint8)[:, None, None] * np.ones((1, 48, 48), np.uint8)
     assert epoch_class_counts(labels, 3, sampling).tolist() == expected
-    ds = training_dataset(images, labels, 3, 4, AugmentConfig(), seed=0, sampling=sampling)
-    for _ in range(2):  # every epoch, not only the first
+    for epoch in range(2):  # every epoch, not only the first
+        ds, steps = training_dataset(images, labels, 3, 4, AugmentConfig(), seed=0, sampling=sampling, first_epoch=epoch)
         seen = np.concatenate([y.argmax(axis=1) for _, y in ds.as_numpy_iterator()])
         assert np.bincount(seen, minlength=3).tolist() == expected
+        assert steps == -(-sum(expected) // 4)
     # images travel with their labels: image i holds the value i
     for x, y in ds.as_numpy_iterator():
         values = x[:, 0, 0, 0].astype(int)
@@ -41,9 +42,11 @@ def test_sampler_gives_the_class_counts_it_promises(sampling, expected):
 def test_undersampling_draws_fresh_images_each_epoch():
     labels = np.array([0] * 2 + [1] * 30)
     images = np.arange(32, dtype=np.uint8)[:, None, None] * np.ones((1, 48, 48), np.uint8)
-    ds = training_dataset(images, labels, 2, 8, AugmentConfig(), seed=3, sampling="undersample")
-    epochs = [sorted(np.concatenate([x[:, 0, 0, 0] for x, _ in ds.as_numpy_iterator()]).astype(int)) for _ in range(4)]
-    assert len({tuple(e) for e in epochs}) > 1
+    ds, steps = training_dataset(images, labels, 2, 8, AugmentConfig(), seed=3, sampling="undersample", num_epochs=4)
+    batches = [x[:, 0, 0, 0] for x, _ in ds.as_numpy_iterator()]
+    epochs = [tuple(sorted(np.concatenate(batches[i:i + steps]).astype(int))) for i in range(0, len(batches), steps)]
+    assert len(epochs) == 4 and all(len(e) == 4 for e in epochs)
+    assert len(set(epochs)) > 1
 
 
 def test_focal_loss_with_gamma_zero_equals_cross_entropy():

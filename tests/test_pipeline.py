@@ -10,8 +10,9 @@ def batch(n=8, seed=0):
 
 def test_training_batches_are_float_one_hot_and_weighted():
     images, labels = batch(10), np.arange(10) % 7
-    ds = training_dataset(images, labels, 7, 4, AugmentConfig(), seed=1, sample_weights=np.ones(10) * 2)
+    ds, steps = training_dataset(images, labels, 7, 4, AugmentConfig(), seed=1, sample_weights=np.ones(10) * 2)
     batches = list(ds.as_numpy_iterator())
+    assert steps == 3
     assert [len(b[0]) for b in batches] == [4, 4, 2]
     x, y, w = batches[0]
     assert x.dtype == np.float32 and x.shape == (4, 48, 48, 1) and y.shape == (4, 7)
@@ -21,16 +22,31 @@ def test_training_batches_are_float_one_hot_and_weighted():
     assert sorted(map(bytes, seen)) == sorted(map(bytes, images))
 
 
+def epochs_of(dataset, steps):
+    batches = [x for x, _ in dataset.as_numpy_iterator()]
+    return [batches[i:i + steps] for i in range(0, len(batches), steps)]
+
+
 def test_same_seed_same_batches_and_epochs_differ():
     images, labels = batch(16), np.arange(16) % 7
     aug = AugmentConfig(flip=True, rotation=15, zoom=0.1, shift=0.1)
-    first = training_dataset(images, labels, 7, 8, aug, seed=5)
-    second = training_dataset(images, labels, 7, 8, aug, seed=5)
-    epoch_a = [x for x, _ in first.as_numpy_iterator()]
-    epoch_b = [x for x, _ in second.as_numpy_iterator()]
-    assert all(np.array_equal(a, b) for a, b in zip(epoch_a, epoch_b))
-    epoch_a2 = [x for x, _ in first.as_numpy_iterator()]
-    assert not np.array_equal(epoch_a[0], epoch_a2[0])
+    first, steps = training_dataset(images, labels, 7, 8, aug, seed=5, num_epochs=2)
+    second, _ = training_dataset(images, labels, 7, 8, aug, seed=5, num_epochs=2)
+    epoch_a, epoch_b = epochs_of(first, steps), epochs_of(second, steps)
+    assert len(epoch_a) == 2 and all(len(e) == 2 for e in epoch_a)
+    assert all(np.array_equal(a, b) for a, b in zip(sum(epoch_a, []), sum(epoch_b, [])))
+    assert not np.array_equal(epoch_a[0][0], epoch_a[1][0])
+    other_seed, _ = training_dataset(images, labels, 7, 8, aug, seed=6, num_epochs=1)
+    assert not np.array_equal(epochs_of(other_seed, steps)[0][0], epoch_a[0][0])
+
+
+def test_a_dataset_started_later_matches_the_uninterrupted_one():
+    images, labels = batch(20), np.arange(20) % 4
+    aug = AugmentConfig(flip=True, rotation=10)
+    for sampling in ("none", "oversample"):
+        whole, steps = training_dataset(images, labels, 4, 8, aug, seed=2, sampling=sampling, num_epochs=3)
+        resumed, _ = training_dataset(images, labels, 4, 8, aug, seed=2, sampling=sampling, first_epoch=2, num_epochs=1)
+        assert all(np.array_equal(a, b) for a, b in zip(epochs_of(whole, steps)[2], epochs_of(resumed, steps)[0]))
 
 
 def test_flip_only_mirrors_or_keeps_each_image():

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -56,3 +59,111 @@ class EpochRecorder(keras.callbacks.Callback):
               f"acc {row.get('accuracy', float('nan')):.4f} val_loss {row.get('val_loss', float('nan')):.4f} "
               f"val_acc {row.get('val_accuracy', float('nan')):.4f} lr {row['learning_rate']:.2e} "
               f"({row['seconds']:.0f}s)", file=sys.stderr, flush=True)
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """After every epoch, save all that training needs to continue exactly where it stopped.
+
+    Keras' BackupAndRestore saves the weights and optimizer, but not the dropout seed generators,
+    the counters of EarlyStopping and ReduceLROnPlateau, nor our history and best weights; a run
+    resumed with it drifts from an uninterrupted one. This saves them all, and writes `state.json`
+    last (atomically), naming the files of its epoch: a kill at any moment leaves the previous
+    complete state in force.
+    """
+
+    STATE = "state.json"
+    COUNTERS = ("wait", "best", "stopped_epoch", "cooldown_counter")
+
+    def __init__(self, directory: Path, phase: str, history: list[dict], best: BestWeights,
+                 stateful: list[keras.callbacks.Callback], completed: list[str]):
+        super().__init__()
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.phase = phase
+        self.history = history
+        self.best = best
+        self.stateful = stateful
+        self.completed = completed
+
+    @classmethod
+    def read(cls, directory: Path) -> dict | None:
+        path = Path(directory) / cls.STATE
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    # -- saving --------------------------------------------------------------------------------
+
+    def _seed_variables(self) -> list:
+        return [v for v in self.model.non_trainable_variables if "seed_generator_state" in v.path]
+
+    def _write_state(self, state: dict) -> None:
+        tmp = self.directory / (self.STATE + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.directory / self.STATE)
+        keep = {state.get("weights"), state.get("seeds"), state.get("model_weights"), state["best"].get("file"), self.STATE}
+        for path in self.directory.iterdir():
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+
+    def _common_state(self, tag: str) -> dict:
+        best_file = None
+        if self.best.best_weights is not None:
+            best_file = f"best-{self.best.best_epoch}.npz"
+            if not (self.directory / best_file).is_file():
+                np.savez(self.directory / best_file, *self.best.best_weights)
+        seeds = f"{tag}-seeds.npy"
+        np.save(self.directory / seeds, np.array([np.asarray(v.numpy()) for v in self._seed_variables()]))
+        return {"completed": list(self.completed), "history": list(self.history), "seeds": seeds,
+                "best": {"value": self.best.best, "epoch": self.best.best_epoch, "file": best_file}}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tag = f"{self.phase}-{epoch + 1}"
+        weights = f"{tag}.weights.h5"
+        self.model.save_weights(self.directory / weights)  # model and optimizer
+        self._write_state({
+            **self._common_state(tag), "phase": self.phase, "epoch": epoch + 1, "weights": weights,
+            "stopped": bool(self.model.stop_training),
+            "callbacks": [{k: getattr(cb, k) for k in self.COUNTERS if hasattr(cb, k)} for cb in self.stateful],
+        })
+
+    def complete_phase(self) -> None:
+        """Mark this phase done; keep the model's weights (not the optimizer's) for the next one."""
+        self.completed.append(self.phase)
+        weights = f"{self.phase}-end.npz"
+        np.savez(self.directory / weights, *self.model.get_weights())
+        self._write_state({**self._common_state(f"{self.phase}-end"), "phase": None, "model_weights": weights})
+
+    # -- restoring -----------------------------------------------------------------------------
+
+    def restore_shared(self, state: dict) -> None:
+        """History, best weights and seed states: whatever phase the state was written in."""
+        self.history[:] = state["history"]
+        best = state["best"]
+        if best["file"]:
+            with np.load(self.directory / best["file"]) as saved:
+                self.best.best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+            self.best.best, self.best.best_epoch = best["value"], best["epoch"]
+        seeds = np.load(self.directory / state["seeds"])
+        for variable, value in zip(self._seed_variables(), seeds):
+            variable.assign(value)
+
+    def restore_model_weights(self, state: dict) -> None:
+        with np.load(self.directory / state["model_weights"]) as saved:
+            self.model.set_weights([saved[f"arr_{i}"] for i in range(len(saved.files))])
+
+    def on_train_begin(self, logs=None):
+        state = self.read(self.directory)
+        if state is None or state.get("phase") != self.phase:
+            return
+        if not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(self.directory / state["weights"])
+        self.restore_shared(state)
+        for callback, counters in zip(self.stateful, state["callbacks"]):
+            for key, value in counters.items():
+                setattr(callback, key, value)
+        self.model._initial_epoch = state["epoch"]  # as Keras' BackupAndRestore does
+        print(f"resumed {self.phase} after epoch {state['epoch']}", file=sys.stderr, flush=True)
+
+    def on_train_end(self, logs=None):
+        self.model._initial_epoch = None  # Keras never resets it: the next phase would start here too

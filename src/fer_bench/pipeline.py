@@ -1,11 +1,11 @@
 """tf.data input pipelines over the in-memory uint8 arrays.
 
-The dataset stays uint8 at 48x48 in memory; the pipeline shuffles (or class-balances) image
+The dataset stays uint8 at 48x48 in memory; the pipeline orders (shuffles or class-balances) image
 *indices*, gathers each batch from the one in-memory copy, casts it to float32 and augments it.
 Resizing and grey-to-RGB happen inside the model, so no upscaled float copy of the data ever exists.
 Augmentation is one fused affine transform per batch (flip, rotation, zoom and shift in a single
-resampling), driven by stateless random ops whose seeds come from a seeded `Dataset.random`: the
-result is reproducible without forcing tf.data to run one element at a time.
+resampling). All randomness is stateless, seeded by (seed, epoch, batch): reproducible without
+forcing tf.data to run one element at a time, and identical when a run resumes mid-way.
 """
 
 from __future__ import annotations
@@ -63,50 +63,69 @@ def epoch_class_counts(labels: np.ndarray, num_classes: int, sampling: str) -> n
     return np.where(counts > 0, target, 0)
 
 
-def _epoch_indices(labels: np.ndarray, num_classes: int, sampling: str, seed: int) -> Any:
-    """A dataset of training-image indices for one epoch, reshuffled every epoch."""
+def _permutation(n: Any, seed: Any) -> Any:
     tf = _tf()
+    return tf.argsort(tf.random.stateless_uniform(tf.reshape(n, [1]), seed=seed))
+
+
+def _epoch_order(labels: np.ndarray, num_classes: int, sampling: str, seed: int, epoch: Any) -> Any:
+    """Training-image indices for one epoch, a pure function of (seed, epoch).
+
+    Nothing depends on how often the pipeline was iterated before, so a run resumed at epoch k
+    sees exactly the batches an uninterrupted run sees at epoch k.
+    """
+    tf = _tf()
+    epoch = tf.cast(epoch, tf.int64)
     if sampling == "none":
-        return tf.data.Dataset.range(len(labels)).shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    # Exact per-class counts: a shuffled schedule of class ids picks from per-class streams of
-    # indices, each reshuffled and cycled (oversampling) or cut short (undersampling) every epoch.
+        return _permutation(len(labels), tf.stack([tf.constant(seed, tf.int64), epoch]))
     counts = epoch_class_counts(labels, num_classes, sampling)
-    classes = [c for c in range(num_classes) if counts[c] > 0]
-    streams = [
-        tf.data.Dataset.from_tensor_slices(np.flatnonzero(labels == c).astype(np.int64))
-        .shuffle(int((labels == c).sum()), seed=seed + 1 + c, reshuffle_each_iteration=True).repeat()
-        for c in classes
-    ]
-    schedule = np.repeat(np.arange(len(classes), dtype=np.int64), [counts[c] for c in classes])
-    choice = tf.data.Dataset.from_tensor_slices(schedule).shuffle(len(schedule), seed=seed,
-                                                                   reshuffle_each_iteration=True)
-    # The schedule fixes the epoch's length; saying so lets Keras count steps and end epochs cleanly.
-    indices = tf.data.Dataset.choose_from_datasets(streams, choice)
-    return indices.apply(tf.data.experimental.assert_cardinality(len(schedule)))
+    parts = []
+    for label in range(num_classes):
+        members = np.flatnonzero(labels == label)
+        if counts[label] == 0:
+            continue
+        # Each class contributes exactly counts[label] images: whole reshuffled passes over its
+        # members (oversampling), or the first part of one (undersampling).
+        passes = int(np.ceil(counts[label] / len(members)))
+        noise = tf.random.stateless_uniform([passes, len(members)],
+                                            seed=tf.stack([tf.constant(seed + 1 + label, tf.int64), epoch]))
+        order = tf.gather(tf.constant(members, tf.int64), tf.argsort(noise, axis=1))
+        parts.append(tf.reshape(order, [-1])[: counts[label]])
+    chosen = tf.concat(parts, axis=0)
+    return tf.gather(chosen, _permutation(int(counts.sum()), tf.stack([tf.constant(seed - 1, tf.int64), epoch])))
 
 
 def training_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int,
                      augment: AugmentConfig, seed: int, sample_weights: np.ndarray | None = None,
-                     sampling: str = "none") -> Any:
-    """Shuffled (or class-balanced), augmented batches of (x float32 (B,48,48,1), y one-hot[, weight])."""
+                     sampling: str = "none", first_epoch: int = 0, num_epochs: int = 1) -> tuple[Any, int]:
+    """Batches of (x float32 (B,48,48,1), y one-hot[, weight]) for epochs first_epoch.. first_epoch+num_epochs-1.
+
+    Returns the dataset and its steps per epoch. Each epoch's order (shuffled or class-balanced)
+    and augmentation are pure functions of (seed, epoch, batch).
+    """
     tf = _tf()
     if sampling not in SAMPLING:
         raise ValueError(f"sampling must be one of {SAMPLING}; got {sampling!r}")
     all_images = tf.constant(images)  # the one in-memory copy; batches are gathered from it
     all_labels = tf.constant(labels.astype(np.int64))
     weights = None if sample_weights is None else tf.constant(sample_weights.astype(np.float32))
-    batches = _epoch_indices(labels, num_classes, sampling, seed).batch(batch_size)
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    steps = int(np.ceil(epoch_class_counts(labels, num_classes, sampling).sum() / batch_size))
 
-    def prepare(index, batch_seed):
+    def prepare(epoch, step, index):
         x = tf.cast(tf.gather(all_images, index), tf.float32)[..., None]
         if augment.enabled:
-            x = affine_augment(x, batch_seed, augment)
+            x = affine_augment(x, tf.stack([epoch + seed * 100_003, step]), augment)
         y = tf.one_hot(tf.gather(all_labels, index), num_classes)
         return (x, y) if weights is None else (x, y, tf.gather(weights, index))
 
-    ds = tf.data.Dataset.zip((batches, seeds))
-    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+    def epoch_batches(epoch):
+        order = _epoch_order(labels, num_classes, sampling, seed, epoch)
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).enumerate()
+        return batches.map(lambda step, index: prepare(epoch, step, index),
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    epochs = tf.data.Dataset.range(first_epoch, first_epoch + num_epochs)
+    return epochs.flat_map(epoch_batches).prefetch(tf.data.AUTOTUNE), steps
 
 
 def evaluation_dataset(images: np.ndarray, labels: np.ndarray | None, num_classes: int, batch_size: int) -> Any:

@@ -23,6 +23,7 @@ from fer_bench.evaluate import SplitPredictions, classification_metrics
 from fer_bench.models import MODELS, check_model_config
 
 SPLITS_EVALUATED = ("validation", "test")
+CHECKPOINT_DIR = "checkpoint"  # per-epoch training state, removed once the run has finished
 
 
 def model_kind(name: str) -> str:
@@ -71,6 +72,16 @@ def choose_run_directory(results_dir: Path, name: str, explicit_name: bool, rest
         if not candidate.exists() or RunDirectory(candidate).status().get("state") != "finished":
             return RunDirectory(candidate)
     raise RunError(f"too many runs named {name} under {results_dir}")
+
+
+def _check_same_experiment(run: RunDirectory, exp: Experiment) -> None:
+    """An unfinished run is only continued by the same experiment: anything else would mix two."""
+    import yaml
+
+    previous = run.file("config.yaml")
+    if previous.is_file() and yaml.safe_load(previous.read_text()) != yaml.safe_load(yaml.safe_dump(to_dict(exp))):
+        raise RunError(f"{run.path} holds an unfinished run of a different config; pass --restart to replace it, "
+                       "or another --name")
 
 
 class _Tee:
@@ -133,6 +144,7 @@ def run_experiment(exp: Experiment, data_dir: str | Path | None = None, results_
     run_name = name or exp.name or "run"
     run = choose_run_directory(Path(results_dir), run_name, name is not None, restart).create()
     exp = dataclasses.replace(exp, name=run.path.name)
+    _check_same_experiment(run, exp)
     started, clock = now(), time.perf_counter()
     run.set_status("running", started=started)
     run.write_yaml("config.yaml", to_dict(exp))
@@ -150,6 +162,7 @@ def run_experiment(exp: Experiment, data_dir: str | Path | None = None, results_
         run.set_status("failed", started=started, error=f"{exc.__class__.__name__}: {exc}")
         raise
     run.set_status("finished", started=started, finished=now(), test_accuracy=metrics["test"]["accuracy"])
+    shutil.rmtree(run.file(CHECKPOINT_DIR), ignore_errors=True)
     return run.path
 
 
@@ -173,7 +186,7 @@ def _train_keras(exp: Experiment, data: FerData, run: RunDirectory, data_dir: st
     from fer_bench.train import configure_runtime, train_model
 
     runtime = configure_runtime(exp.runtime, exp.train.seed, exp.train.deterministic)
-    result = train_model(exp, data, runtime)
+    result = train_model(exp, data, runtime, checkpoint_dir=run.file(CHECKPOINT_DIR))
     run.save_model(result.model)
     run.write_table("history.csv", pd.DataFrame(result.history))
     run.write_figure("curves.png", curves_figure(result.history, f"{exp.name}: training curves"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -147,31 +148,62 @@ def _set_trainable(model: Any, phase: str, unfreeze_top: int) -> None:
             layer.trainable = index >= cut and not isinstance(layer, keras.layers.BatchNormalization)
 
 
-def train_model(exp: Experiment, data: FerData, runtime: Runtime) -> TrainingResult:
-    """Build, compile and fit the configured model; return it with the best validation weights restored."""
+def train_model(exp: Experiment, data: FerData, runtime: Runtime, checkpoint_dir: Path | None = None) -> TrainingResult:
+    """Build, compile and fit the configured model; return it with the best validation weights restored.
+
+    With `checkpoint_dir`, every epoch is checkpointed there and a later call with the same
+    arguments continues from the last completed epoch, ending exactly as an uninterrupted run.
+    """
     import keras
 
-    from fer_bench.callbacks import BestWeights, EpochRecorder
+    from fer_bench.callbacks import BestWeights, Checkpoint, EpochRecorder
 
     cfg = exp.train
     num_classes = len(data.classes)
     global_batch = cfg.batch_size * runtime.replicas
     weights = class_weights(data.train.labels, data.classes, cfg.class_weight)
     sample_weights = None if weights is None else weights[data.train.labels]
-    train_ds = training_dataset(data.train.images, data.train.labels, num_classes, global_batch, exp.augment,
-                                cfg.seed, sample_weights, cfg.sampling)
     val_ds = evaluation_dataset(data.validation.images, data.validation.labels, num_classes, global_batch)
-    images_per_epoch = int(epoch_class_counts(data.train.labels, num_classes, cfg.sampling).sum())
-    steps_per_epoch = int(np.ceil(images_per_epoch / global_batch))
 
     with runtime.strategy.scope():
         model = build_model(exp)
     history: list[dict] = []
     best = BestWeights()
     seconds: dict[str, float] = {}
-    epoch_offset = 0
+    state = Checkpoint.read(checkpoint_dir) if checkpoint_dir is not None else None
+    completed: list[str] = list(state["completed"]) if state else []
+    if state is not None:
+        # Resuming: history, best model and dropout seeds come back whatever phase we stopped in.
+        restorer = Checkpoint(checkpoint_dir, "", history, best, [], completed)
+        restorer.set_model(model)
+        restorer.restore_shared(state)
+        if state["phase"] is None:
+            restorer.restore_model_weights(state)  # the last phase that finished
     for phase, epochs, learning_rate in _phases(exp):
+        if phase in completed:
+            continue
         _set_trainable(model, phase, exp.model.fine_tune.unfreeze_top if exp.model.fine_tune else 0)
+        phase_start = sum(row["phase"] != phase for row in history)
+        resuming = state is not None and state["phase"] == phase
+        first_epoch = state["epoch"] if resuming else phase_start
+        # A phase that early stopping had ended runs no further epoch.
+        phase_end = state["epoch"] if resuming and state["stopped"] else phase_start + epochs
+        state = None
+        stateful = []
+        if cfg.early_stopping_patience:
+            stateful.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.early_stopping_patience))
+        if cfg.schedule == "plateau":
+            stateful.append(keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
+                min_lr=learning_rate * 1e-3, verbose=0))
+        callbacks: list[Any] = [best, EpochRecorder(phase, history), *stateful]
+        checkpoint = None
+        if checkpoint_dir is not None:
+            checkpoint = Checkpoint(checkpoint_dir, phase, history, best, stateful, completed)
+            callbacks.append(checkpoint)  # last: it saves what the others have just updated
+        train_ds, steps_per_epoch = training_dataset(
+            data.train.images, data.train.labels, num_classes, global_batch, exp.augment, cfg.seed, sample_weights,
+            cfg.sampling, first_epoch=first_epoch, num_epochs=max(phase_end - first_epoch, 0))
         with runtime.strategy.scope():
             model.compile(
                 optimizer=make_optimizer(cfg, learning_rate, epochs * steps_per_epoch),
@@ -179,18 +211,12 @@ def train_model(exp: Experiment, data: FerData, runtime: Runtime) -> TrainingRes
                 metrics=["accuracy"],
                 jit_compile=runtime.jit_compile,
             )
-        callbacks: list[Any] = [best, EpochRecorder(phase, history)]
-        if cfg.early_stopping_patience:
-            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.early_stopping_patience))
-        if cfg.schedule == "plateau":
-            callbacks.append(keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
-                min_lr=learning_rate * 1e-3, verbose=0))
         start = time.perf_counter()
-        model.fit(train_ds, validation_data=val_ds, initial_epoch=epoch_offset, epochs=epoch_offset + epochs,
-                  callbacks=callbacks, shuffle=False, verbose=0)
+        model.fit(train_ds, validation_data=val_ds, initial_epoch=phase_start, epochs=phase_end,
+                  steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False, verbose=0)
         seconds[phase] = round(time.perf_counter() - start, 2)
-        epoch_offset = len(history)
+        if checkpoint is not None:
+            checkpoint.complete_phase()
     best.restore(model)
     return TrainingResult(model=model, history=history, best_epoch=best.best_epoch, phase_seconds=seconds,
                           runtime=runtime.record(), global_batch_size=global_batch,
