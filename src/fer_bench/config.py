@@ -156,7 +156,9 @@ class RuntimeConfig:
     mixed_precision: bool | str = _field(AUTO, doc="auto (on with a GPU) | true | false")
     jit_compile: bool | str = _field(AUTO, doc="auto (on with a GPU) | true | false")
     distribution: str = _field(AUTO, Options((AUTO, "none", "mirrored", "multi_worker")),
-                               "auto picks MirroredStrategy when there are several GPUs")
+                               "auto picks MirroredStrategy when there are several GPUs; multi_worker reads TF_CONFIG")
+    cpu_devices: int | None = _field(None, Interval(2, 64),
+                                     "split the CPU into this many logical devices (to try distribution without GPUs)")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import numpy as np
 
 from fer_bench.config import AUTO, Experiment, RuntimeConfig, TrainConfig
 from fer_bench.data import FerData
+from fer_bench.errors import FerBenchError
 from fer_bench.models import BACKBONE_LAYER, build_model
 from fer_bench.pipeline import epoch_class_counts, evaluation_dataset, training_dataset
 
@@ -51,6 +52,8 @@ def configure_runtime(runtime: RuntimeConfig, seed: int, deterministic: bool) ->
     import keras
     import tensorflow as tf
 
+    if runtime.cpu_devices:
+        _split_cpu(tf, runtime.cpu_devices)
     keras.utils.set_random_seed(seed)
     if deterministic:
         # Process-wide and one-way in TensorFlow: later runs in the same process stay deterministic.
@@ -61,16 +64,29 @@ def configure_runtime(runtime: RuntimeConfig, seed: int, deterministic: bool) ->
     distribution = runtime.distribution
     if distribution == AUTO:
         distribution = "mirrored" if len(gpus) > 1 else "none"
+    # Without GPUs, a mirrored strategy mirrors over the logical CPUs (see runtime.cpu_devices).
+    devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [
+        d.name for d in tf.config.list_logical_devices("CPU")]
     strategies = {
         "none": tf.distribute.get_strategy,
-        "mirrored": tf.distribute.MirroredStrategy,
+        "mirrored": lambda: tf.distribute.MirroredStrategy(devices=devices),
         "multi_worker": tf.distribute.MultiWorkerMirroredStrategy,
     }
     strategy = strategies[distribution]()
-    devices = [d.name for d in tf.config.list_logical_devices("GPU")] or ["CPU"]
     return Runtime(strategy=strategy, devices=devices, replicas=strategy.num_replicas_in_sync,
                    mixed_precision=mixed, jit_compile=_resolve_auto(runtime.jit_compile, bool(gpus)),
                    distribution=distribution)
+
+
+def _split_cpu(tf: Any, count: int) -> None:
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    wanted = [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
+    try:
+        tf.config.set_logical_device_configuration(cpu, wanted)
+    except RuntimeError:
+        # TensorFlow fixes its devices once it has started: a later run in the same process keeps them.
+        if len(tf.config.list_logical_devices("CPU")) != count:
+            raise FerBenchError("runtime.cpu_devices can only be set for the first run of a process") from None
 
 
 OPTIMIZERS = {
