@@ -27,19 +27,22 @@ def test_mcnemar_matches_the_hand_computed_binomial():
     assert mcnemar_exact(a, a) == (0, 0, 1.0)
 
 
-def test_bootstrap_is_seeded_and_brackets_the_score():
+def test_bootstrap_is_seeded_and_has_the_sampling_spread():
     rng = np.random.default_rng(0)
-    y_true = rng.integers(0, 3, 500)
-    y_pred = np.where(rng.random(500) < 0.7, y_true, (y_true + 1) % 3)
-    first = bootstrap_scores(y_true, y_pred, 3, 400, seed=1)
-    second = bootstrap_scores(y_true, y_pred, 3, 400, seed=1)
-    assert np.array_equal(first["accuracy"], second["accuracy"])
+    y_true = rng.integers(0, 3, 2000)
+    y_pred = np.where(rng.random(2000) < 0.7, y_true, (y_true + 1) % 3)
+    first = bootstrap_scores(y_true, y_pred, 3, 2000, seed=1)
+    assert np.array_equal(first["accuracy"], bootstrap_scores(y_true, y_pred, 3, 2000, seed=1)["accuracy"])
+    accuracy = (y_true == y_pred).mean()
     low, high = confidence_interval(first["accuracy"])
-    assert low < (y_true == y_pred).mean() < high and high - low < 0.1
+    assert low < accuracy < high
+    # the spread of a resampled proportion is sqrt(p (1 - p) / n)
+    assert first["accuracy"].std() == pytest.approx(np.sqrt(accuracy * (1 - accuracy) / 2000), rel=0.1)
     from sklearn.metrics import f1_score
 
-    index = np.random.default_rng(1).integers(0, 500, size=(400, 500))[0]
-    assert first["macro_f1"][0] == pytest.approx(f1_score(y_true[index], y_pred[index], average="macro"))
+    assert np.median(first["macro_f1"]) == pytest.approx(f1_score(y_true, y_pred, average="macro"), abs=0.01)
+    perfect = bootstrap_scores(y_true, y_true, 3, 50)
+    assert (perfect["accuracy"] == 1).all() and (perfect["macro_f1"] == 1).all()
 
 
 def add_broken_runs(results):

@@ -96,14 +96,17 @@ def comparison_table(runs: list[Run], split: str, num_resamples: int = 1000) -> 
 
 def significance_table(runs: list[Run], split: str) -> pd.DataFrame:
     """McNemar's exact test for every pair of runs scored on the same images of `split`."""
+    scored = []
+    for run in runs:
+        predictions = run.split_predictions(split)
+        if len(predictions):
+            images = tuple(predictions["file"]) if "file" in predictions else tuple(predictions.index)
+            correct = (predictions["true"] == predictions["predicted"]).to_numpy()
+            scored.append((run, (run.metrics.get("data_fingerprint"), hash(images)), correct))
     rows = []
-    for a, b in itertools.combinations(runs, 2):
-        pa, pb = a.split_predictions(split), b.split_predictions(split)
-        if (len(pa) == 0 or len(pa) != len(pb) or a.metrics.get("data_fingerprint") != b.metrics.get("data_fingerprint")
-                or list(pa.get("file", pa.index)) != list(pb.get("file", pb.index))):
-            continue
-        correct_a = (pa["true"] == pa["predicted"]).to_numpy()
-        correct_b = (pb["true"] == pb["predicted"]).to_numpy()
+    for (a, key_a, correct_a), (b, key_b, correct_b) in itertools.combinations(scored, 2):
+        if key_a != key_b:
+            continue  # other data or other images: not a paired comparison
         a_only, b_only, p_value = mcnemar_exact(correct_a, correct_b)
         better, worse = (a, b) if correct_a.mean() >= correct_b.mean() else (b, a)
         if p_value < SIGNIFICANCE_LEVEL:

@@ -6,18 +6,12 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    classification_report,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-)
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, ...]) -> dict:
     """Accuracy, macro/weighted F1, balanced accuracy and per-class precision/recall/F1/support."""
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support  # here: compare needs none
+
     labels = list(range(len(classes)))
     if len(y_true) == 0:
         return {"count": 0}
@@ -37,6 +31,8 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: tupl
 
 
 def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    from sklearn.metrics import balanced_accuracy_score
+
     with warnings.catch_warnings():
         # Expected when a model predicts classes a (cross-dataset) test set lacks.
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
@@ -45,6 +41,8 @@ def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts (num_classes, num_classes): rows are true classes, columns predicted."""
+    from sklearn.metrics import confusion_matrix
+
     return confusion_matrix(y_true, y_pred, labels=list(range(num_classes)))
 
 
@@ -55,6 +53,8 @@ def row_normalise(matrix: np.ndarray) -> np.ndarray:
 
 
 def report_text(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, ...]) -> str:
+    from sklearn.metrics import classification_report
+
     return classification_report(y_true, y_pred, labels=list(range(len(classes))), target_names=list(classes),
                                  digits=4, zero_division=0)
 
@@ -86,13 +86,16 @@ def score_splits(predictions: dict[str, SplitPredictions], classes: tuple[str, .
 
 def bootstrap_scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, num_resamples: int = 1000,
                      seed: int = 0) -> dict[str, np.ndarray]:
-    """Accuracy and macro-F1 over `num_resamples` bootstrap resamples of the images (vectorised)."""
+    """Accuracy and macro-F1 over `num_resamples` bootstrap resamples of the images.
+
+    Resampling n images with replacement puts a multinomial(n, cell shares) count in each
+    confusion-matrix cell, so the resampled matrices are drawn directly: the same distribution
+    as resampling images, at a fraction of the cost.
+    """
     n = len(y_true)
-    rng = np.random.default_rng(seed)
-    index = rng.integers(0, n, size=(num_resamples, n))
-    codes = y_true[index] * num_classes + y_pred[index] + np.arange(num_resamples)[:, None] * num_classes ** 2
-    counts = np.bincount(codes.ravel(), minlength=num_resamples * num_classes ** 2)
-    matrices = counts.reshape(num_resamples, num_classes, num_classes)
+    cells = np.bincount(y_true * num_classes + y_pred, minlength=num_classes ** 2)
+    draws = np.random.default_rng(seed).multinomial(n, cells / n, size=num_resamples)
+    matrices = draws.reshape(num_resamples, num_classes, num_classes)
     true_positive = np.diagonal(matrices, axis1=1, axis2=2).astype(float)
     support, predicted = matrices.sum(axis=2), matrices.sum(axis=1)
     denominator = support + predicted
@@ -108,10 +111,11 @@ def confidence_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float
 
 def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, int, float]:
     """McNemar's exact test on paired predictions: (A right & B wrong, A wrong & B right, two-sided p)."""
-    from scipy.stats import binomtest
+    from scipy.stats import binom
 
     a_only = int(np.sum(correct_a & ~correct_b))
     b_only = int(np.sum(~correct_a & correct_b))
     if a_only + b_only == 0:
         return a_only, b_only, 1.0
-    return a_only, b_only, float(binomtest(min(a_only, b_only), a_only + b_only, 0.5).pvalue)
+    # Two-sided exact binomial test at p = 0.5 (symmetric, so twice the smaller tail).
+    return a_only, b_only, float(min(1.0, 2 * binom.cdf(min(a_only, b_only), a_only + b_only, 0.5)))

@@ -135,15 +135,27 @@ def custom_cnn(num_classes: int, input_size: int = 48, colour: str = "grayscale"
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, _classifier_head(x, num_classes, dense_units, dropout), name="custom_cnn")
     if weights is not None:
-        _load_weights_file(model, weights)
+        _load_weights_file(model, weights, "custom_cnn")
     return model
 
 
-def _load_weights_file(model: Any, path: str) -> None:
-    try:
-        model.load_weights(path)
-    except Exception as exc:  # noqa: BLE001 - shape and format errors come in many types
-        raise FerBenchError(f"cannot load weights from {path} into {model.name} ({exc.__class__.__name__})") from None
+def _load_weights_file(model: Any, path: str, family: str) -> None:
+    """Load a weights file, refusing one saved from another architecture.
+
+    Keras loads a mismatched file with only a warning, leaving layers at their random start;
+    here any such warning is an error.
+    """
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(path)
+        except Exception as exc:  # noqa: BLE001 - shape and format errors come in many types
+            raise FerBenchError(f"cannot load weights {path} into {family} ({exc.__class__.__name__})") from None
+    skipped = [w for w in caught if "skipping" in str(w.message).lower() or "mismatch" in str(w.message).lower()]
+    if skipped:
+        raise FerBenchError(f"cannot load weights {path} into {family}: the file was saved from another model")
 
 
 def _backbone_model(family: str, application: Callable, num_classes: int, input_size: int,
@@ -153,18 +165,19 @@ def _backbone_model(family: str, application: Callable, num_classes: int, input_
 
     from fer_bench.layers import BackbonePreprocess, GreyToRGB
 
+    # A local file is loaded here, not by keras.applications, so that a mismatch is caught.
     try:
-        base = application(include_top=False, weights=weights, input_shape=(input_size, input_size, 3),
-                           name=BACKBONE_LAYER, **application_args)
+        base = application(include_top=False, weights="imagenet" if weights == "imagenet" else None,
+                           input_shape=(input_size, input_size, 3), name=BACKBONE_LAYER, **application_args)
     except ValueError:
         raise
     except Exception as exc:  # noqa: BLE001 - Keras turns a failed download into a bare Exception
-        if weights == "imagenet":
-            raise FerBenchError(
-                f"could not download ImageNet weights for {family} ({exc.__class__.__name__}); without a network "
-                "set model.weights to a local 'notop' weights file, or to null to train from scratch"
-            ) from None
-        raise FerBenchError(f"cannot load weights {weights} into {family} ({exc.__class__.__name__})") from None
+        raise FerBenchError(
+            f"could not download ImageNet weights for {family} ({exc.__class__.__name__}); without a network "
+            "set model.weights to a local 'notop' weights file, or to null to train from scratch"
+        ) from None
+    if weights not in (None, "imagenet"):
+        _load_weights_file(base, weights, family)
     inputs = keras.Input(INPUT_SHAPE, name="pixels")
     x = inputs
     if input_size != INPUT_SHAPE[0]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from fer_bench.artifacts import METRICS_FILE, RunDirectory, environment_record, now, write_evaluation
 from fer_bench.config import Experiment, load_config, to_dict
-from fer_bench.data import FerData, load_data, resolve_source
+from fer_bench.data import FerData, load_data
 from fer_bench.errors import ConfigError, FerBenchError, RunError
 from fer_bench.evaluate import SplitPredictions, classification_metrics
 from fer_bench.models import MODELS, check_model_config
@@ -51,19 +51,15 @@ def load_experiment(path: Path | str, overrides: list[str] | None = None) -> Exp
     return exp
 
 
-def choose_run_directory(results_dir: Path, name: str, explicit_name: bool, restart: bool) -> RunDirectory:
-    """Where this run goes. A finished run is never overwritten unless `restart` says so.
+def choose_run_directory(results_dir: Path, name: str, explicit_name: bool, restart: bool = False) -> RunDirectory:
+    """Where this run goes (nothing is created or removed here).
 
     An unfinished folder of the same name is taken over (so that the same command picks up where
-    it stopped); a finished one gets a numbered sibling, or an error when the name was explicit.
+    it stopped); a finished one gets a numbered sibling, or an error when the name was explicit,
+    unless `restart` says to replace it.
     """
     path = results_dir / name
-    if not path.exists():
-        return RunDirectory(path)
-    if restart:
-        shutil.rmtree(path)
-        return RunDirectory(path)
-    if RunDirectory(path).status().get("state") != "finished":
+    if not path.exists() or restart or RunDirectory(path).status().get("state") != "finished":
         return RunDirectory(path)
     if explicit_name:
         raise RunError(f"run {path} already finished; pass --restart to redo it, or another --name")
@@ -140,30 +136,42 @@ def summary_lines(name: str, exp: Experiment, data: FerData, metrics: dict, best
 def run_experiment(exp: Experiment, data_dir: str | Path | None = None, results_dir: str | Path = "results",
                    name: str | None = None, restart: bool = False) -> Path:
     """Train and evaluate one experiment; return its finished run directory."""
-    resolve_source(exp.data, data_dir)  # a missing data path fails here, before a run folder exists
-    run_name = name or exp.name or "run"
-    run = choose_run_directory(Path(results_dir), run_name, name is not None, restart).create()
+    run = choose_run_directory(Path(results_dir), name or exp.name or "run", name is not None, restart)
     exp = dataclasses.replace(exp, name=run.path.name)
-    _check_same_experiment(run, exp)
-    started, clock = now(), time.perf_counter()
+    if not restart:
+        _check_same_experiment(run, exp)
+    clock = time.perf_counter()
+    # The data is loaded before anything is written: a bad data source leaves no trace behind.
+    data = load_data(exp.data, exp.classes, data_dir, seed=exp.train.seed)
+    if restart and run.path.exists():
+        shutil.rmtree(run.path)
+    run.create()
+    started = now()
     run.set_status("running", started=started)
     run.write_yaml("config.yaml", to_dict(exp))
     try:
         with _logging_to(run.file("log.txt")):
             print(f"== {exp.name}: {exp.model.name} -> {run.path}", file=sys.stderr, flush=True)
-            metrics = _train_and_evaluate(exp, run, data_dir, started, clock)
+            metrics = _train_and_evaluate(exp, run, data, data_dir, started, clock)
     except KeyboardInterrupt:
-        run.set_status("failed", started=started, error="interrupted")
+        _mark_failed(run, started, "interrupted")
         raise
     except FerBenchError as exc:
-        run.set_status("failed", started=started, error=str(exc))
+        _mark_failed(run, started, str(exc))
         raise
     except Exception as exc:
-        run.set_status("failed", started=started, error=f"{exc.__class__.__name__}: {exc}")
+        _mark_failed(run, started, f"{exc.__class__.__name__}: {exc}")
         raise
     run.set_status("finished", started=started, finished=now(), test_accuracy=metrics["test"]["accuracy"])
     shutil.rmtree(run.file(CHECKPOINT_DIR), ignore_errors=True)
     return run.path
+
+
+def _mark_failed(run: RunDirectory, started: str, error: str) -> None:
+    try:
+        run.set_status("failed", started=started, error=error)
+    except FerBenchError:
+        pass  # e.g. the disk is full: the original error is the one to report
 
 
 @dataclass
@@ -214,11 +222,14 @@ def _feature_source(exp: Experiment, run: RunDirectory, data_dir: str | Path | N
         if not (source / "model.keras").is_file():
             raise RunError(f"features.from_run: {source} is not a CNN run (no model.keras)")
         return source / "model.keras"
-    # First stage: the CNN experiment, on this run's data, trained into <run>/cnn/.
+    # First stage: the CNN experiment, on this run's data, trained into <run>/cnn/ (or resumed there).
+    stage_dir = RunDirectory(run.file("cnn"))
+    if stage_dir.status().get("state") == "finished":
+        return stage_dir.file("model.keras")
     stage = load_experiment(features.cnn_config, list(features.cnn_overrides))
     stage = dataclasses.replace(stage, data=exp.data, train=dataclasses.replace(stage.train, seed=exp.train.seed))
     print(f"== first stage: training {features.cnn_config} for its features", file=sys.stderr, flush=True)
-    return run_experiment(stage, data_dir=data_dir, results_dir=run.path, name="cnn", restart=True) / "model.keras"
+    return run_experiment(stage, data_dir=data_dir, results_dir=run.path, name="cnn") / "model.keras"
 
 
 def _train_features(exp: Experiment, data: FerData, run: RunDirectory, data_dir: str | Path | None) -> Trained:
@@ -246,14 +257,11 @@ def _train_features(exp: Experiment, data: FerData, run: RunDirectory, data_dir:
 TRAINERS = {"keras": _train_keras, "features": _train_features}
 
 
-def _train_and_evaluate(exp: Experiment, run: RunDirectory, data_dir: str | Path | None, started: str,
-                        clock: float) -> dict:
+def _train_and_evaluate(exp: Experiment, run: RunDirectory, data: FerData, data_dir: str | Path | None,
+                        started: str, clock: float) -> dict:
     from fer_bench.inference import predict_with_tta
 
-    seconds: dict[str, float] = {}
-    tick = time.perf_counter()
-    data = load_data(exp.data, exp.classes, data_dir, seed=exp.train.seed)
-    seconds["data"] = round(time.perf_counter() - tick, 2)
+    seconds: dict[str, float] = {"data": round(time.perf_counter() - clock, 2)}
     trained = TRAINERS[model_kind(exp.model.name)](exp, data, run, data_dir)
     seconds.update(trained.seconds)
 

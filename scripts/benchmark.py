@@ -1,0 +1,338 @@
+"""Measure fer-bench's data path, input pipeline, training throughput and memory on the real FER-2013.
+
+    python scripts/benchmark.py --data-dir ../shared/fer2013 --out results/benchmark
+
+Writes benchmark.json and benchmark.md (the table README carries). Every figure is measured on the
+machine it runs on; nothing is asserted. The ImageDataGenerator baseline needs tf_keras, which pins
+the full `tensorflow` package: with tensorflow-cpu installed, add it with
+`pip install --no-deps tf-keras==<your TensorFlow version>`; without it that row says "not measured".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+BATCH = 64
+AUGMENT = {"flip": True, "rotation": 10.0, "zoom": 0.1, "shift": 0.1}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def rate(images: int, seconds: float) -> float:
+    return round(images / seconds, 1)
+
+
+# --- data -------------------------------------------------------------------------------------
+
+def bench_data(data_dir: Path) -> dict:
+    from fer_bench import EMOTIONS
+    from fer_bench.config import DataConfig
+    from fer_bench.data import load_data
+
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["FER_BENCH_CACHE"] = cache
+        start = time.perf_counter()
+        data = load_data(DataConfig(), EMOTIONS, data_dir, progress=False)
+        decode = time.perf_counter() - start
+        reloads = []
+        for _ in range(3):
+            start = time.perf_counter()
+            load_data(DataConfig(), EMOTIONS, data_dir, progress=False)
+            reloads.append(time.perf_counter() - start)
+    del os.environ["FER_BENCH_CACHE"]
+    images = len(data.train) + len(data.validation) + len(data.test)
+    return {"images": images, "decode_seconds": round(decode, 2), "cached_reload_seconds": round(min(reloads), 3),
+            "in_memory_mb": round(sum(data.split(s).images.nbytes for s in ("train", "validation", "test")) / 1e6, 1)}
+
+
+# --- input pipelines (no model) ---------------------------------------------------------------
+
+def _time_batches(batches, limit: int) -> tuple[int, float]:
+    """Images per second over `limit` batches, after one warm-up batch."""
+    iterator = iter(batches)
+    next(iterator)
+    count, start = 0, time.perf_counter()
+    for _ in range(limit):
+        try:
+            x = next(iterator)
+        except StopIteration:
+            break
+        x = x[0] if isinstance(x, tuple) else x
+        count += int(x.shape[0])
+    return count, time.perf_counter() - start
+
+
+def keras_augmentation():
+    import keras
+
+    return keras.Sequential([
+        keras.layers.RandomFlip("horizontal"),
+        keras.layers.RandomRotation(AUGMENT["rotation"] / 360.0),
+        keras.layers.RandomZoom(AUGMENT["zoom"]),
+        keras.layers.RandomTranslation(AUGMENT["shift"], AUGMENT["shift"]),
+    ])
+
+
+def bench_pipelines(data_dir: Path, batches: int) -> dict:
+    import tensorflow as tf
+
+    from fer_bench import EMOTIONS
+    from fer_bench.config import AugmentConfig, DataConfig
+    from fer_bench.data import load_data
+    from fer_bench.pipeline import training_dataset
+
+    data = load_data(DataConfig(), EMOTIONS, data_dir, progress=False)
+    results = {}
+
+    ds, _ = training_dataset(data.train.images, data.train.labels, 7, BATCH, AugmentConfig(**AUGMENT), seed=0)
+    results["fer-bench (uint8 in memory, fused affine)"] = rate(*_time_batches(ds, batches))
+    ds, _ = training_dataset(data.train.images, data.train.labels, 7, BATCH, AugmentConfig(), seed=0)
+    results["fer-bench, no augmentation"] = rate(*_time_batches(ds, batches))
+
+    augment = keras_augmentation()
+    in_memory = tf.data.Dataset.from_tensor_slices((data.train.images[..., None], data.train.labels))
+    in_memory = in_memory.shuffle(len(data.train), seed=0).batch(BATCH).map(
+        lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y), num_parallel_calls=tf.data.AUTOTUNE
+    ).prefetch(tf.data.AUTOTUNE)
+    results["uint8 in memory + 4 Keras augmentation layers"] = rate(*_time_batches(in_memory, batches))
+
+    import keras
+
+    folder = keras.utils.image_dataset_from_directory(
+        data_dir / "train", labels="inferred", color_mode="grayscale", image_size=(48, 48), batch_size=BATCH,
+        shuffle=True, seed=0, verbose=False)
+    folder = folder.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    results["image_dataset_from_directory + 4 Keras augmentation layers"] = rate(
+        *_time_batches(folder.prefetch(tf.data.AUTOTUNE), batches))
+
+    try:
+        from tf_keras.preprocessing.image import ImageDataGenerator
+    except ImportError:
+        results["ImageDataGenerator.flow_from_directory (tf_keras)"] = "not measured: tf_keras not installed"
+    else:
+        generator = ImageDataGenerator(rescale=1 / 255, rotation_range=AUGMENT["rotation"], zoom_range=AUGMENT["zoom"],
+                                       width_shift_range=AUGMENT["shift"], height_shift_range=AUGMENT["shift"],
+                                       horizontal_flip=True).flow_from_directory(
+            data_dir / "train", target_size=(48, 48), color_mode="grayscale", batch_size=BATCH, seed=0)
+        results["ImageDataGenerator.flow_from_directory (tf_keras)"] = rate(
+            *_time_batches(generator, min(batches, 60)))
+    return results
+
+
+# --- training throughput ---------------------------------------------------------------------
+
+TRAIN_CHILD = r"""
+import json, os, resource, sys, time
+import numpy as np
+spec = json.loads(sys.argv[1])
+import keras, tensorflow as tf
+from fer_bench import EMOTIONS
+from fer_bench.config import AugmentConfig, DataConfig, from_dict
+from fer_bench.data import load_data
+from fer_bench.models import build_model
+from fer_bench.pipeline import training_dataset
+keras.utils.set_random_seed(0)
+if spec["deterministic"]:
+    tf.config.experimental.enable_op_determinism()
+exp = from_dict(spec["experiment"])
+model = build_model(exp)
+model.compile("adam", keras.losses.CategoricalCrossentropy(), jit_compile=False)
+steps, batch = spec["steps"], spec["batch"]
+if spec["feed"] == "pipeline":
+    data = load_data(DataConfig(), EMOTIONS, spec["data_dir"], progress=False)
+    ds, _ = training_dataset(data.train.images, data.train.labels, 7, batch, AugmentConfig(**spec["augment"]),
+                             seed=0, num_epochs=2)
+else:
+    x = tf.random.uniform((batch, 48, 48, 1), 0, 255)
+    y = tf.one_hot(tf.random.uniform((batch,), 0, 7, tf.int32), 7)
+    ds = tf.data.Dataset.from_tensors((x, y)).repeat()
+model.fit(ds, steps_per_epoch=spec["warmup"], epochs=1, verbose=0)
+start = time.perf_counter()
+model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+seconds = time.perf_counter() - start
+print(json.dumps({"images_per_second": round(steps * batch / seconds, 1),
+                  "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+"""
+
+
+def train_child(data_dir: Path, model: dict, feed: str, steps: int, batch: int = BATCH, deterministic: bool = False,
+                warmup: int = 3) -> dict:
+    spec = {"experiment": model, "feed": feed, "steps": steps, "batch": batch, "deterministic": deterministic,
+            "data_dir": str(data_dir), "augment": AUGMENT, "warmup": warmup}
+    out = subprocess.run([sys.executable, "-c", TRAIN_CHILD, json.dumps(spec)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+CUSTOM_CNN = {"model": {"name": "custom_cnn"}}
+MOBILENET_96 = {"data": {"input_size": 96, "colour": "rgb"}, "model": {"name": "mobilenetv2", "weights": None}}
+MOBILENET_224 = {"data": {"input_size": 224, "colour": "rgb"}, "model": {"name": "mobilenetv2", "weights": None}}
+
+
+def bench_training(data_dir: Path, steps: int) -> dict:
+    results = {}
+    for label, model, model_steps in (("custom CNN, 48 px", CUSTOM_CNN, steps),
+                                       ("MobileNetV2, 96 px", MOBILENET_96, max(steps // 3, 5))):
+        log(f"  training throughput: {label}")
+        real = train_child(data_dir, model, "pipeline", model_steps)
+        synthetic = train_child(data_dir, model, "synthetic", model_steps)
+        results[label] = {"pipeline_images_per_second": real["images_per_second"],
+                          "synthetic_images_per_second": synthetic["images_per_second"],
+                          "ratio": round(real["images_per_second"] / synthetic["images_per_second"], 3)}
+    log("  determinism cost: custom CNN")
+    determined = train_child(data_dir, CUSTOM_CNN, "pipeline", steps, deterministic=True)
+    results["determinism"] = {"images_per_second_off": results["custom CNN, 48 px"]["pipeline_images_per_second"],
+                              "images_per_second_on": determined["images_per_second"]}
+    return results
+
+
+def bench_memory(data_dir: Path, steps: int) -> dict:
+    log("  peak memory: MobileNetV2 at 224 px")
+    real = train_child(data_dir, MOBILENET_224, "pipeline", steps, batch=32, warmup=1)
+    synthetic = train_child(data_dir, MOBILENET_224, "synthetic", steps, batch=32, warmup=1)
+    upscaled_gib = 28709 * 224 * 224 * 3 * 4 / 2**30
+    return {"pipeline_peak_rss_mb": real["peak_rss_mb"], "synthetic_peak_rss_mb": synthetic["peak_rss_mb"],
+            "ratio": round(real["peak_rss_mb"] / synthetic["peak_rss_mb"], 3),
+            "upscaled_float32_train_set_gib": round(upscaled_gib, 1), "batch": 32}
+
+
+# --- command line speed ----------------------------------------------------------------------
+
+def _median_seconds(args: list[str], repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(args, check=True, capture_output=True)
+        times.append(time.perf_counter() - start)
+    return round(statistics.median(times), 3)
+
+
+def make_runs(root: Path, count: int) -> None:
+    """`count` finished run folders shaped like real FER-2013 runs (3,589 validation and test images)."""
+    import numpy as np
+    import pandas as pd
+
+    from fer_bench import EMOTIONS
+    from fer_bench.evaluate import SplitPredictions, score_splits
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 7, 3589)
+    for number in range(count):
+        run = root / f"run-{number:02d}"
+        run.mkdir(parents=True)
+        frames = []
+        for split in ("validation", "test"):
+            probabilities = rng.dirichlet(np.ones(7), size=3589)
+            probabilities[np.arange(3589), labels] += rng.random() * 2
+            probabilities /= probabilities.sum(axis=1, keepdims=True)
+            predicted = probabilities.argmax(axis=1)
+            frame = pd.DataFrame({"split": split, "index": np.arange(3589), "file": [f"img{i}" for i in range(3589)],
+                                  "true": np.array(EMOTIONS)[labels], "predicted": np.array(EMOTIONS)[predicted]})
+            for column, name in enumerate(EMOTIONS):
+                frame[f"p_{name}"] = probabilities[:, column].round(6)
+            frames.append(frame)
+        pd.concat(frames).to_csv(run / "predictions.csv", index=False)
+        predictions = {f["split"].iloc[0]: SplitPredictions(list(f["file"]), labels,
+                                                           f[[f"p_{c}" for c in EMOTIONS]].to_numpy(), None)
+                       for f in frames}
+        metrics = {"run": run.name, "model": "custom_cnn", "classes": list(EMOTIONS), "data_fingerprint": "x",
+                   "parameters": 1_000_000, "training_seconds": 600.0, "epochs_run": 20,
+                   **score_splits(predictions, EMOTIONS)}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        pd.DataFrame({"epoch": range(1, 21), "phase": "train", "val_accuracy": rng.random(20)}).to_csv(
+            run / "history.csv", index=False)
+        (run / "config.yaml").write_text("model: {name: custom_cnn}\n")
+        (run / "status.json").write_text('{"state": "finished"}')
+
+
+def bench_cli() -> dict:
+    cli = [sys.executable, "-m", "fer_bench.cli"]
+    with tempfile.TemporaryDirectory() as folder:
+        make_runs(Path(folder), 50)
+        compare = _median_seconds(cli + ["compare", folder], repeats=3)
+    return {"help_seconds": _median_seconds(cli + ["--help"]), "compare_50_runs_seconds": compare}
+
+
+# --- report ----------------------------------------------------------------------------------
+
+def machine() -> dict:
+    from fer_bench.artifacts import cpu_name, package_versions
+
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "tensorflow": package_versions().get("tensorflow-cpu") or package_versions().get("tensorflow"),
+            "gpu": None}
+
+
+def markdown(report: dict) -> str:
+    data, pipes, train, memory, cli = (report[k] for k in ("data", "pipelines", "training", "memory", "cli"))
+    fast = pipes["fer-bench (uint8 in memory, fused affine)"]
+    legacy = pipes["ImageDataGenerator.flow_from_directory (tf_keras)"]
+    lines = [
+        f"Measured {report['date']} on {report['machine']['cpu']} ({report['machine']['cores']} cores, no GPU), "
+        f"TensorFlow {report['machine']['tensorflow']}, batches of {BATCH}, augmentation = flip, rotation 10 deg, "
+        "zoom 0.1, shift 0.1.",
+        "",
+        "| what | measured | target |",
+        "|---|---|---|",
+        f"| decode all {data['images']:,} images | {data['decode_seconds']} s | - |",
+        f"| cached reload | {data['cached_reload_seconds']} s | <= 1 s |",
+        f"| dataset held in memory (uint8, 48x48) | {data['in_memory_mb']} MB | - |",
+    ]
+    for name, value in pipes.items():
+        shown = f"{value:,.0f} images/s" if isinstance(value, float) else value
+        lines.append(f"| input pipeline: {name} | {shown} | - |")
+    if isinstance(legacy, float):
+        lines.append(f"| fer-bench pipeline / ImageDataGenerator | {fast / legacy:.1f}x | >= 10x |")
+    for label in ("custom CNN, 48 px", "MobileNetV2, 96 px"):
+        row = train[label]
+        lines.append(f"| training {label}: real pipeline / synthetic tensors | {row['pipeline_images_per_second']:,.0f} / "
+                     f"{row['synthetic_images_per_second']:,.0f} images/s = {row['ratio']:.1%} | >= 95% |")
+    det = train["determinism"]
+    lines.append(f"| `train.deterministic: true` (custom CNN) | {det['images_per_second_on']:,.0f} vs "
+                 f"{det['images_per_second_off']:,.0f} images/s off | - |")
+    lines.append(f"| peak RSS, MobileNetV2 at 224x224x3, batch {memory['batch']}: real pipeline / synthetic | "
+                 f"{memory['pipeline_peak_rss_mb']:,.0f} / {memory['synthetic_peak_rss_mb']:,.0f} MB = "
+                 f"{memory['ratio']:.2f}x (an upscaled float32 train set alone: "
+                 f"{memory['upscaled_float32_train_set_gib']} GiB) | <= 1.2x |")
+    lines.append(f"| `fer-bench --help` | {cli['help_seconds']} s | < 1 s |")
+    lines.append(f"| `fer-bench compare` over 50 runs | {cli['compare_50_runs_seconds']} s | < 5 s |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "fer2013")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmark")
+    parser.add_argument("--batches", type=int, default=200, help="batches timed per input pipeline")
+    parser.add_argument("--steps", type=int, default=60, help="training steps timed per model")
+    args = parser.parse_args()
+    if not (args.data_dir / "train").is_dir():
+        sys.exit(f"error: no FER-2013 at {args.data_dir} (expected train/ and test/)")
+    report = {"date": time.strftime("%Y-%m-%d"), "machine": machine()}
+    log("data"); report["data"] = bench_data(args.data_dir)
+    log("input pipelines"); report["pipelines"] = bench_pipelines(args.data_dir, args.batches)
+    log("training"); report["training"] = bench_training(args.data_dir, args.steps)
+    log("memory"); report["memory"] = bench_memory(args.data_dir, max(args.steps // 6, 4))
+    log("command line"); report["cli"] = bench_cli()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "benchmark.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "benchmark.md").write_text(markdown(report))
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
