@@ -13,7 +13,7 @@ from fer_bench import EMOTIONS
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("FER_BENCH_REAL_DATA", REPO.parent / "shared" / "fer2013"))
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 
 
 def synthetic_face(label: int, index: int, rng: np.random.Generator) -> np.ndarray:

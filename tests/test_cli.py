@@ -5,7 +5,6 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from fer_bench import EMOTIONS
 from fer_bench.cli import app
 from helpers import check_run
 from conftest import REPO, make_fer_folder

@@ -40,7 +40,7 @@ def test_predict_on_crops_photos_and_bad_files(trained_runs, tmp_path):
     out = invoke("predict", trained_runs / "custom_cnn", photos, "--annotate", tmp_path / "annotated")
     assert out.exit_code == 1, out.output
     lines = out.output.strip().splitlines()
-    assert any(l.startswith(f"{photos / 'crop.png'}: face 1 at (0, 0, 48, 48): ") for l in lines)
+    assert any(line.startswith(f"{photos / 'crop.png'}: face 1 at (0, 0, 48, 48): ") for line in lines)
     assert f"{photos / 'noise.jpg'}: no face found" in lines
     assert f"error: {photos / 'notes.png'}: not a readable image" in lines
     assert (tmp_path / "annotated" / "crop_annotated.png").is_file()

@@ -11,7 +11,7 @@ from conftest import CONFIGS, REPO, tiny_overrides
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+@pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(REPO / "configs")) for c in CONFIGS])
 def test_config_runs_end_to_end(config, smoke_data, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # configs name other configs relative to the repository root
     overrides = [arg for o in tiny_overrides(config) for arg in ("--set", o)]

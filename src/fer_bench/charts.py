@@ -116,7 +116,7 @@ def confusion_grid_figure(names: Sequence[str], matrices: Sequence[np.ndarray], 
     shown = min(len(names), MAX_CONFUSION_PANELS)
     columns = min(4, shown)
     rows = int(np.ceil(shown / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 4.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.8 * columns, 3.8 * rows), squeeze=False)
     annotate = shown <= 8
     for ax, name, matrix, labels in zip(axes.flat, names, matrices, classes):
         normalised = row_normalise(matrix)
@@ -135,7 +135,7 @@ def confusion_grid_figure(names: Sequence[str], matrices: Sequence[np.ndarray], 
     title = f"Row-normalised confusion matrices, {split} split (diagonal = recall)"
     if shown < len(names):
         title += f": the first {shown} of {len(names)} runs"
-    height = 4.2 * rows
+    height = 3.8 * rows
     fig.suptitle(title, fontsize=13, y=1 - 0.15 / height)
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.85 / height, top=1 - 0.75 / height, wspace=0.45, hspace=0.55)
     return fig

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from fer_bench.config import Experiment, FeaturesConfig, SearchConfig
+from fer_bench.config import Experiment, SearchConfig
 from fer_bench.data import FerData, cache_dir, stratified_indices
 from fer_bench.errors import ConfigError, FerBenchError, RunError
 from fer_bench.models import FEATURE_LAYER
@@ -142,12 +142,15 @@ class FeatureSpec:
         return digest.hexdigest()[:20]
 
 
-def _progress(done: int, total: int, label: str) -> None:
-    width = 30
-    filled = int(width * done / max(total, 1))
-    print(f"\r  {label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="", file=sys.stderr, flush=True)
-    if done >= total:
-        print(file=sys.stderr, flush=True)
+def _progress(done: int, total: int, label: str, step: int) -> None:
+    """A progress bar on a terminal; in a log file, a line at every quarter."""
+    if sys.stderr.isatty():
+        width = 30
+        filled = int(width * done / max(total, 1))
+        end = "\n" if done >= total else ""
+        print(f"\r  {label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end, file=sys.stderr, flush=True)
+    elif done >= total or done // max(total // 4, 1) != (done - step) // max(total // 4, 1):
+        print(f"  {label}: {done}/{total}", file=sys.stderr, flush=True)
 
 
 @register_extractor("cnn")
@@ -169,7 +172,7 @@ def cnn_features(images: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size].astype(np.float32)[..., None]
         parts.append(np.asarray(spec._keras_model(batch, training=False), dtype=np.float32))
-        _progress(min(start + batch_size, len(images)), len(images), "cnn features")
+        _progress(min(start + batch_size, len(images)), len(images), "cnn features", batch_size)
     width = spec._keras_model.output_shape[-1]
     return np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fer_bench.artifacts import STATUS_FILE, RunDirectory, read_run
+from fer_bench.artifacts import STATUS_FILE, Run, RunDirectory, read_run
 from fer_bench.errors import RunError
 from fer_bench.evaluate import bootstrap_scores, confidence_interval, mcnemar_exact
 
