@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import sys
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,23 +21,14 @@ from fer_bench.config import Experiment, SearchConfig
 from fer_bench.data import FerData, cache_dir, stratified_indices
 from fer_bench.errors import ConfigError, FerBenchError, RunError
 from fer_bench.models import FEATURE_LAYER
+from fer_bench.registry import Registry
 
 # --- classifiers -----------------------------------------------------------------------------
 
-CLASSIFIERS: dict[str, Callable[..., Any]] = {}
+CLASSIFIERS = Registry("classifier")
 
 
-def register_classifier(name: str) -> Callable:
-    def add(builder: Callable) -> Callable:
-        if name in CLASSIFIERS:
-            raise ValueError(f"classifier {name!r} registered twice")
-        CLASSIFIERS[name] = builder
-        return builder
-
-    return add
-
-
-@register_classifier("svm")
+@CLASSIFIERS.register("svm")
 def svm(seed: int, kernel: str = "rbf", C: float = 10.0, gamma: str | float = "scale",
         class_weight: str | None = None) -> Any:
     """Kernel SVM (libsvm); its class probabilities are a softmax of the one-vs-rest decision scores."""
@@ -47,7 +37,7 @@ def svm(seed: int, kernel: str = "rbf", C: float = 10.0, gamma: str | float = "s
     return SVC(kernel=kernel, C=C, gamma=gamma, class_weight=class_weight, cache_size=2000, random_state=seed)
 
 
-@register_classifier("linear_svm")
+@CLASSIFIERS.register("linear_svm")
 def linear_svm(seed: int, C: float = 0.1, class_weight: str | None = None) -> Any:
     """Linear SVM (liblinear): scales to all of FER-2013 in seconds."""
     from sklearn.svm import LinearSVC
@@ -55,7 +45,7 @@ def linear_svm(seed: int, C: float = 0.1, class_weight: str | None = None) -> An
     return LinearSVC(C=C, class_weight=class_weight, random_state=seed, max_iter=5000)
 
 
-@register_classifier("random_forest")
+@CLASSIFIERS.register("random_forest")
 def random_forest(seed: int, n_estimators: int = 300, max_depth: int | None = None, min_samples_leaf: int = 1,
                   max_features: str | float = "sqrt", class_weight: str | None = None, n_jobs: int = -1) -> Any:
     """Random forest; probabilities are the trees' votes."""
@@ -66,7 +56,7 @@ def random_forest(seed: int, n_estimators: int = 300, max_depth: int | None = No
                                   random_state=seed)
 
 
-@register_classifier("logistic_regression")
+@CLASSIFIERS.register("logistic_regression")
 def logistic_regression(seed: int, C: float = 1.0, class_weight: str | None = None, max_iter: int = 2000) -> Any:
     """Multinomial logistic regression."""
     from sklearn.linear_model import LogisticRegression
@@ -106,18 +96,7 @@ def check_feature_config(exp: Experiment) -> None:
 
 # --- feature extractors ----------------------------------------------------------------------
 
-Extractor = Callable[[np.ndarray, "FeatureSpec"], np.ndarray]
-EXTRACTORS: dict[str, Extractor] = {}
-
-
-def register_extractor(name: str) -> Callable[[Extractor], Extractor]:
-    def add(fn: Extractor) -> Extractor:
-        if name in EXTRACTORS:
-            raise ValueError(f"extractor {name!r} registered twice")
-        EXTRACTORS[name] = fn
-        return fn
-
-    return add
+EXTRACTORS = Registry("feature extractor")  # name -> function(images, FeatureSpec) -> features
 
 
 @dataclass
@@ -153,7 +132,7 @@ def _progress(done: int, total: int, label: str, step: int) -> None:
         print(f"  {label}: {done}/{total}", file=sys.stderr, flush=True)
 
 
-@register_extractor("cnn")
+@EXTRACTORS.register("cnn")
 def cnn_features(images: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """The penultimate layer (`features`) of a trained Keras model, in batches."""
     from fer_bench.models import load_model
@@ -177,7 +156,7 @@ def cnn_features(images: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
 
 
-@register_extractor("hog")
+@EXTRACTORS.register("hog")
 def hog_features(images: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """Histograms of oriented gradients (OpenCV's implementation: fast on 48x48)."""
     import cv2
@@ -189,7 +168,7 @@ def hog_features(images: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     return np.stack([descriptor.compute(image).ravel() for image in images]) if len(images) else np.zeros((0, 0))
 
 
-@register_extractor("pixels")
+@EXTRACTORS.register("pixels")
 def pixel_features(images: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """The raw pixels, flattened and scaled to [0, 1]."""
     return images.reshape(len(images), -1).astype(np.float32) / 255.0

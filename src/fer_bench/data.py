@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import numpy as np
 from fer_bench import EMOTIONS
 from fer_bench.config import DataConfig
 from fer_bench.errors import ConfigError, DataError
+from fer_bench.registry import Registry
 
 IMAGE_SIDE = 48
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -101,18 +102,7 @@ def image_hashes(images: np.ndarray) -> list[bytes]:
 
 # --- sources ----------------------------------------------------------------------------------
 
-SourceFn = Callable[[Path], list[Item]]
-SOURCES: dict[str, SourceFn] = {}
-
-
-def register_source(name: str) -> Callable[[SourceFn], SourceFn]:
-    def add(fn: SourceFn) -> SourceFn:
-        if name in SOURCES:
-            raise ValueError(f"data source {name!r} registered twice")
-        SOURCES[name] = fn
-        return fn
-
-    return add
+SOURCES = Registry("data source")  # name -> function(path) -> list[Item]
 
 
 def _emotion_of_folder(folder: Path) -> str:
@@ -142,7 +132,7 @@ def _list_images(folder: Path, root: Path, group: str) -> list[Item]:
     ]
 
 
-@register_source("folder")
+@SOURCES.register("folder")
 def folder_source(root: Path) -> list[Item]:
     """Kaggle layout (`train/<class>/`, `test/<class>/`) or one folder per class (no test part)."""
     if not root.is_dir():
@@ -159,7 +149,7 @@ def folder_source(root: Path) -> list[Item]:
     return items
 
 
-@register_source("csv")
+@SOURCES.register("csv")
 def csv_source(path: Path) -> list[Item]:
     """The original `fer2013.csv`: columns emotion (0-6), pixels (2304 integers), Usage."""
     if path.is_dir():
@@ -187,7 +177,7 @@ def csv_source(path: Path) -> list[Item]:
     return items
 
 
-@register_source("kaggle")
+@SOURCES.register("kaggle")
 def kaggle_source(root: Path | None = None) -> list[Item]:
     """Download `msambare/fer2013` with kagglehub (cached by kagglehub) and read it as a folder."""
     return folder_source(download_fer2013())

@@ -15,6 +15,7 @@ from typing import Any
 
 from fer_bench.config import Experiment
 from fer_bench.errors import ConfigError, FerBenchError
+from fer_bench.registry import Registry
 
 INPUT_SHAPE = (48, 48, 1)
 BACKBONE_LAYER = "backbone"
@@ -22,20 +23,15 @@ FEATURE_LAYER = "features"
 # Arguments every builder receives from the runner; the rest come from `model.params`.
 COMMON_ARGS = ("num_classes", "input_size", "colour", "weights")
 
-MODELS: dict[str, Callable[..., Any]] = {}
+MODELS = Registry("model")
 BACKBONES: set[str] = set()
 
 
 def register(name: str, backbone: bool = False) -> Callable:
-    def add(builder: Callable) -> Callable:
-        if name in MODELS:
-            raise ValueError(f"model {name!r} registered twice")
-        MODELS[name] = builder
-        if backbone:
-            BACKBONES.add(name)
-        return builder
-
-    return add
+    """Add a model builder to MODELS; `backbone` marks an ImageNet backbone (two-phase fine-tune)."""
+    if backbone:
+        BACKBONES.add(name)
+    return MODELS.register(name)
 
 
 def model_params(name: str) -> dict[str, Any]:
