@@ -90,6 +90,12 @@ def check_feature_config(exp: Experiment) -> None:
                               "or cnn_config (an experiment to train first)")
         if features.cnn_config is not None and not Path(features.cnn_config).is_file():
             raise ConfigError(f"features.cnn_config: file not found: {features.cnn_config}")
+        if features.from_run is not None:
+            source = Path(features.from_run)
+            if not (source / "metrics.json").is_file():
+                raise ConfigError(f"features.from_run: {source} is not a finished run (no metrics.json)")
+            if not (source / "model.keras").is_file():
+                raise ConfigError(f"features.from_run: {source} is not a CNN run (no model.keras)")
     elif features.from_run is not None or features.cnn_config is not None:
         raise ConfigError(f"features.from_run and features.cnn_config apply to the cnn extractor, not {features.extractor}")
 

@@ -70,14 +70,11 @@ def choose_run_directory(results_dir: Path, name: str, explicit_name: bool, rest
     raise RunError(f"too many runs named {name} under {results_dir}")
 
 
-def _check_same_experiment(run: RunDirectory, exp: Experiment) -> None:
-    """An unfinished run is only continued by the same experiment: anything else would mix two."""
+def _same_experiment(run: RunDirectory, exp: Experiment) -> bool:
     import yaml
 
     previous = run.file("config.yaml")
-    if previous.is_file() and yaml.safe_load(previous.read_text()) != yaml.safe_load(yaml.safe_dump(to_dict(exp))):
-        raise RunError(f"{run.path} holds an unfinished run of a different config; pass --restart to replace it, "
-                       "or another --name")
+    return not previous.is_file() or yaml.safe_load(previous.read_text()) == yaml.safe_load(yaml.safe_dump(to_dict(exp)))
 
 
 class _Tee:
@@ -138,8 +135,13 @@ def run_experiment(exp: Experiment, data_dir: str | Path | None = None, results_
     """Train and evaluate one experiment; return its finished run directory."""
     run = choose_run_directory(Path(results_dir), name or exp.name or "run", name is not None, restart)
     exp = dataclasses.replace(exp, name=run.path.name)
-    if not restart:
-        _check_same_experiment(run, exp)
+    if not restart and not _same_experiment(run, exp):
+        # A checkpoint is training progress that only the same experiment may continue; without one,
+        # the unfinished folder holds nothing to resume and the new experiment replaces it.
+        if run.file(CHECKPOINT_DIR).exists():
+            raise RunError(f"{run.path} holds an unfinished run of a different config; pass --restart to "
+                           "replace it, or another --name")
+        restart = True
     clock = time.perf_counter()
     # The data is loaded before anything is written: a bad data source leaves no trace behind.
     data = load_data(exp.data, exp.classes, data_dir, seed=exp.train.seed)
@@ -216,12 +218,7 @@ def _feature_source(exp: Experiment, run: RunDirectory, data_dir: str | Path | N
     if features.extractor != "cnn":
         return None
     if features.from_run is not None:
-        source = Path(features.from_run)
-        if not (source / "metrics.json").is_file():
-            raise RunError(f"features.from_run: {source} is not a finished run (no metrics.json)")
-        if not (source / "model.keras").is_file():
-            raise RunError(f"features.from_run: {source} is not a CNN run (no model.keras)")
-        return source / "model.keras"
+        return Path(features.from_run) / "model.keras"  # checked when the config was loaded
     # First stage: the CNN experiment, on this run's data, trained into <run>/cnn/ (or resumed there).
     stage_dir = RunDirectory(run.file("cnn"))
     if stage_dir.status().get("state") == "finished":
