@@ -153,3 +153,17 @@ def test_duplicates_of_train_are_found(tmp_path):
     assert data.test.names[int(np.flatnonzero(~mask)[0])].endswith("PrivateTest_copy.png")
     report = inspect_data(data)
     assert report["duplicates_of_train"] == {"validation": 0, "test": 1}
+
+
+def test_kaggle_download_failure_says_how_to_pass_the_data(monkeypatch):
+    import kagglehub
+
+    def offline(handle):
+        raise ConnectionError("https://www.kaggle.com/api/... token=SECRET")
+
+    monkeypatch.setattr(kagglehub, "dataset_download", offline)
+    with pytest.raises(DataError) as caught:
+        load_data(DataConfig(), EMOTIONS, None)
+    message = str(caught.value)
+    assert message.startswith("could not download FER-2013 with kagglehub (ConnectionError); download it and pass --data-dir")
+    assert "SECRET" not in message and "kaggle.com" not in message
