@@ -52,7 +52,12 @@ def _settings(run: Run) -> str:
         parts.append(f"weights={Path(str(model['weights'])).name}")
     if any(augment.get(k) for k in ("flip", "rotation", "zoom", "shift")):
         parts.append("aug")
-    if train.get("optimizer"):
+    features = cfg.get("features") or {}
+    if features:
+        parts.append(f"{features.get('extractor')} features")
+        if model.get("params"):
+            parts.append(", ".join(f"{k}={v}" for k, v in model["params"].items()))
+    elif train.get("optimizer"):
         parts.append(f"{train['optimizer']} lr={train.get('learning_rate')}")
     if train.get("class_weight") not in (None, "none"):
         parts.append(f"class_weight={train['class_weight']}")
