@@ -8,6 +8,7 @@ caching, class subsets and the split protocol are shared by all sources.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -72,10 +73,14 @@ class FerData:
     def split(self, name: str) -> Split:
         return {"train": self.train, "validation": self.validation, "test": self.test}[name]
 
+    @functools.cached_property
+    def train_hashes(self) -> set[bytes]:
+        """Pixel hashes of the training images, computed once for every split that asks."""
+        return set(image_hashes(self.train.images))
+
     def unique_mask(self, split_name: str) -> np.ndarray:
         """True for the images of `split_name` that have no pixel-identical copy in train."""
-        train_hashes = set(image_hashes(self.train.images))
-        return np.array([h not in train_hashes for h in image_hashes(self.split(split_name).images)], dtype=bool)
+        return np.array([h not in self.train_hashes for h in image_hashes(self.split(split_name).images)], dtype=bool)
 
     def record(self) -> dict:
         """What a run stores about its data."""
@@ -413,10 +418,7 @@ def inspect_data(data: FerData) -> dict:
     """Split sizes, class counts, and the images worth a look: blank ones and duplicates across splits."""
     report = data.record()
     hashes = {s: image_hashes(data.split(s).images) for s in SPLITS}
-    train_set = set(hashes["train"])
-    report["duplicates_of_train"] = {
-        s: int(sum(h in train_set for h in hashes[s])) for s in ("validation", "test")
-    }
+    report["duplicates_of_train"] = {s: int((~data.unique_mask(s)).sum()) for s in ("validation", "test")}
     report["duplicates_within"] = {s: len(hashes[s]) - len(set(hashes[s])) for s in SPLITS}
     report["blank_images"] = {
         s: [data.split(s).names[i] for i in _blank_indices(data.split(s).images)] for s in SPLITS
