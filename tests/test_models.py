@@ -61,3 +61,22 @@ def test_saved_models_reload_in_safe_mode(tmp_path):
     (tmp_path / "junk.keras").write_bytes(b"junk")
     with pytest.raises(FerBenchError, match=r"cannot load .*junk.keras as a Keras model"):
         load_model(tmp_path / "junk.keras")
+
+
+@pytest.mark.parametrize("phase", ["train", "fine_tune"])
+def test_backbone_batchnorm_learns_from_scratch_and_stays_fixed_in_a_fine_tune(phase):
+    import keras
+
+    from fer_bench.train import _set_trainable
+
+    model = build_model(experiment("mobilenetv2", params={"alpha": 0.35}))
+    _set_trainable(model, phase, unfreeze_top=1000)
+    batchnorm = next(layer for layer in model.get_layer("backbone").layers
+                     if isinstance(layer, keras.layers.BatchNormalization))
+    head = model.get_layer("predictions")
+    before_mean, before_bias = np.array(batchnorm.moving_mean), np.array(head.bias)
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    pixels = np.random.default_rng(0).integers(0, 256, size=(4, 48, 48, 1)).astype("float32")
+    model.fit(pixels, np.eye(3)[[0, 1, 2, 0]], epochs=1, verbose=0)
+    assert not np.allclose(before_bias, np.array(head.bias))
+    assert np.allclose(before_mean, np.array(batchnorm.moving_mean)) == (phase == "fine_tune")

@@ -2,8 +2,9 @@
 
 Every model takes the raw data as stored: (48, 48, 1) grey pixels in 0-255, and does its own
 rescaling, resizing and grey-to-RGB inside, so a saved `model.keras` needs no outside preprocessing.
-Backbones are called as a layer named `backbone` (in inference mode, so BatchNorm statistics stay
-fixed while fine-tuning), and every model names its penultimate layer `features`.
+Backbones are called as a layer named `backbone`, and every model names its penultimate layer
+`features`. Keras 3's `fit` overrides a `training=False` given when the model is built, so the
+fine-tune phases keep pretrained BatchNorm statistics by freezing those layers (train._set_trainable).
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ def _backbone_model(family: str, application: Callable, num_classes: int, input_
         x = keras.layers.Resizing(input_size, input_size)(x)
     x = GreyToRGB()(x)
     x = BackbonePreprocess(family)(x)
-    x = base(x, training=False)
+    x = base(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, _classifier_head(x, num_classes, dense_units, dropout), name=family)
 
