@@ -74,3 +74,38 @@ def test_evaluation_dataset_keeps_order():
     xs, ys = zip(*evaluation_dataset(images, labels, 5, 2).as_numpy_iterator())
     assert np.array_equal(np.concatenate(xs)[..., 0].astype(np.uint8), images)
     assert np.concatenate(ys).argmax(axis=1).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_random_erasing_replaces_one_rectangle_of_the_chosen_images():
+    import tensorflow as tf
+
+    from fer_bench.pipeline import ERASED_AREA, random_erasing
+
+    images = np.full((64, 48, 48, 1), 7.0, dtype=np.float32)
+    seed = tf.constant([5, 6], dtype=tf.int64)
+    out = random_erasing(tf.constant(images), seed, probability=0.5).numpy()
+    assert np.array_equal(out, random_erasing(tf.constant(images), seed, probability=0.5).numpy())
+    changed = out[..., 0] != 7.0
+    erased = changed.any(axis=(1, 2))
+    assert 16 < erased.sum() < 48  # about half of 64
+    for mask in changed[erased]:
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        box = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        # noise can hit 7.0 itself only with negligible odds: the changed pixels fill their bounding box
+        assert box.mean() > 0.99
+        assert ERASED_AREA[0] * 0.5 < box.size / mask.size < ERASED_AREA[1] * 1.5
+    assert out.min() >= 0 and out.max() <= 255
+    never = random_erasing(tf.constant(images), seed, probability=0.0).numpy()
+    assert np.array_equal(never, images)
+
+
+def test_erasing_alone_leaves_the_rest_of_each_image_untouched():
+    images = (np.arange(8, dtype=np.uint8)[:, None, None] * 20 + 10).repeat(48, 1).repeat(48, 2)
+    ds, _ = training_dataset(images, np.arange(8) % 7, 7, 8, AugmentConfig(erasing=1.0), seed=1, num_epochs=1)
+    ((x, _),) = ds.as_numpy_iterator()
+    for face in x[..., 0]:
+        values, counts = np.unique(face, return_counts=True)
+        original = values[counts.argmax()]
+        assert original in images[:, 0, 0]
+        # no resampling: every pixel outside the erased rectangle is the stored one, exactly
+        assert 0.7 < counts.max() / face.size < 1.0

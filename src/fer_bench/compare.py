@@ -50,7 +50,7 @@ def _settings(run: Run) -> str:
     parts = [f"{data['input_size']}px"] if "input_size" in data else []
     if model.get("weights"):
         parts.append(f"weights={Path(str(model['weights'])).name}")
-    if any(augment.get(k) for k in ("flip", "rotation", "zoom", "shift")):
+    if any(augment.get(k) for k in ("flip", "rotation", "zoom", "shift", "erasing")):
         parts.append("aug")
     features = cfg.get("features") or {}
     if features:

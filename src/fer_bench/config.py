@@ -112,10 +112,16 @@ class AugmentConfig:
     rotation: float = _field(0.0, Interval(0.0, 180.0), "max rotation in degrees")
     zoom: float = _field(0.0, Interval(0.0, 0.9), "max zoom in or out, as a fraction")
     shift: float = _field(0.0, Interval(0.0, 0.5), "max shift, as a fraction of the side")
+    erasing: float = _field(0.0, Interval(0.0, 1.0),
+                            "probability of replacing a random rectangle (2-25% of the face) with noise")
+
+    @property
+    def affine(self) -> bool:
+        return self.flip or self.rotation > 0 or self.zoom > 0 or self.shift > 0
 
     @property
     def enabled(self) -> bool:
-        return self.flip or self.rotation > 0 or self.zoom > 0 or self.shift > 0
+        return self.affine or self.erasing > 0
 
 
 TTA_MODES = ("none", "flip", "ten_crop")

@@ -4,8 +4,9 @@ The dataset stays uint8 at 48x48 in memory; the pipeline orders (shuffles or cla
 *indices*, gathers each batch from the one in-memory copy, casts it to float32 and augments it.
 Resizing and grey-to-RGB happen inside the model, so no upscaled float copy of the data ever exists.
 Augmentation is one fused affine transform per batch (flip, rotation, zoom and shift in a single
-resampling). All randomness is stateless, seeded by (seed, epoch, batch): reproducible without
-forcing tf.data to run one element at a time, and identical when a run resumes mid-way.
+resampling), then optional random erasing. All randomness is stateless, seeded by (seed, epoch,
+batch): reproducible without forcing tf.data to run one element at a time, and identical when a
+run resumes mid-way.
 """
 
 from __future__ import annotations
@@ -51,6 +52,37 @@ def affine_augment(images: Any, seed: Any, augment: AugmentConfig) -> Any:
         images=images, transforms=transforms, output_shape=tf.shape(images)[1:3],
         fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT",
     )
+
+
+ERASED_AREA = (0.02, 0.25)  # fraction of the image one erased rectangle covers
+ERASED_ASPECT = (0.3, 3.3)  # its height / width
+
+
+def random_erasing(images: Any, seed: Any, probability: float) -> Any:
+    """With the given probability, replace one random rectangle of each image (B, H, W, C) by noise.
+
+    Random erasing (Zhong et al., 2020) hides part of the face, so the model cannot lean on one
+    region (the mouth, say) alone. Sizes and aspect ratios follow the paper's defaults.
+    """
+    tf = _tf()
+    shape = tf.shape(images)
+    height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    u = tf.random.stateless_uniform([shape[0], 5], seed=seed)
+    area = (ERASED_AREA[0] + u[:, 0] * (ERASED_AREA[1] - ERASED_AREA[0])) * height * width
+    log_low, log_high = math.log(ERASED_ASPECT[0]), math.log(ERASED_ASPECT[1])
+    aspect = tf.exp(log_low + u[:, 1] * (log_high - log_low))
+    rect_h = tf.clip_by_value(tf.round(tf.sqrt(area * aspect)), 1.0, height)
+    rect_w = tf.clip_by_value(tf.round(tf.sqrt(area / aspect)), 1.0, width)
+    top = tf.floor(u[:, 2] * (height - rect_h + 1.0))
+    left = tf.floor(u[:, 3] * (width - rect_w + 1.0))
+    rows = tf.range(height)[None, :]
+    cols = tf.range(width)[None, :]
+    in_rows = (rows >= top[:, None]) & (rows < (top + rect_h)[:, None])
+    in_cols = (cols >= left[:, None]) & (cols < (left + rect_w)[:, None])
+    erase = in_rows[:, :, None] & in_cols[:, None, :] & (u[:, 4] < probability)[:, None, None]
+    noise = tf.random.stateless_uniform(shape, seed=tf.random.experimental.stateless_fold_in(seed, 1),
+                                        maxval=255.0)
+    return tf.where(erase[..., None], noise, images)
 
 
 def epoch_class_counts(labels: np.ndarray, num_classes: int, sampling: str) -> np.ndarray:
@@ -113,8 +145,11 @@ def training_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, b
 
     def prepare(epoch, step, index):
         x = tf.cast(tf.gather(all_images, index), tf.float32)[..., None]
-        if augment.enabled:
-            x = affine_augment(x, tf.stack([epoch + seed * 100_003, step]), augment)
+        batch_seed = tf.stack([epoch + seed * 100_003, step])
+        if augment.affine:
+            x = affine_augment(x, batch_seed, augment)
+        if augment.erasing > 0:
+            x = random_erasing(x, tf.random.experimental.stateless_fold_in(batch_seed, 1), augment.erasing)
         y = tf.one_hot(tf.gather(all_labels, index), num_classes)
         return (x, y) if weights is None else (x, y, tf.gather(weights, index))
 
