@@ -90,3 +90,9 @@ def test_schema_description_covers_every_key():
     assert {"data.source", "model.fine_tune.head_epochs", "train.optimizer", "augment.flip",
             "runtime.distribution"} <= keys
     assert Options(("a",)).values == ("a",)
+
+
+def test_an_explicit_null_section_stays_null():
+    data = {"data": {"colour": "rgb"}, "model": {"name": "mobilenetv2", "weights": None}}
+    assert from_dict({**data, "model": {**data["model"], "fine_tune": None}}).model.fine_tune is None
+    assert from_dict({**data, "model": {**data["model"], "fine_tune": {}}}).model.fine_tune.head_epochs == 3

@@ -207,6 +207,8 @@ def _is_union(tp: Any) -> bool:
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Return `value` as type `tp`, or raise ConfigError naming the key."""
     if _is_union(tp):
+        if value is None and type(None) in typing.get_args(tp):
+            return None  # an explicit null, not the section's defaults
         for arg in typing.get_args(tp):
             try:
                 return _coerce(key, value, arg)
