@@ -5,9 +5,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:-../shared/fer2013}
 out=results/reference
-fer-bench run configs/cpu/custom_cnn.yaml --data-dir "$data" --results-dir "$out" --name cpu-custom_cnn
-fer-bench run configs/cpu/svm_cnn_features.yaml --data-dir "$data" --results-dir "$out" --name cpu-svm_cnn_features \
-  --set features.from_run="$out/cpu-custom_cnn" --set features.cnn_config=null
-fer-bench run configs/cpu/hog_svm.yaml --data-dir "$data" --results-dir "$out" --name cpu-hog_svm
+run() { fer-bench run "$@" --data-dir "$data" --results-dir "$out"; }
+svm_on() {  # an SVM on the features of a finished CNN run
+  run configs/cpu/svm_cnn_features.yaml --name "$1" --set features.from_run="$out/$2" --set features.cnn_config=null
+}
+run configs/cpu/custom_cnn.yaml --name cpu-custom_cnn
+svm_on cpu-svm_cnn_features cpu-custom_cnn
+run configs/cpu/hog_svm.yaml --name cpu-hog_svm
 fer-bench ensemble "$out/cpu-custom_cnn" "$out/cpu-svm_cnn_features" "$out/cpu-hog_svm" --name ensemble-cnn-svm-hog
+run configs/cpu/tuned_cnn.yaml --name cpu-tuned_cnn
+svm_on cpu-svm_tuned_cnn_features cpu-tuned_cnn
+for backbone in mobilenetv2 resnet50 vgg16; do
+  run configs/cpu/$backbone.yaml --name cpu-$backbone
+done
+fer-bench ensemble "$out/cpu-tuned_cnn" "$out/cpu-svm_tuned_cnn_features" "$out/cpu-hog_svm" \
+  --name ensemble-tuned-cnn-svm-hog
 fer-bench compare "$out"
+# README's reference tables are this script's output: python scripts/reference_section.py

@@ -2,15 +2,36 @@ import re
 import subprocess
 import sys
 
+from typer.testing import CliRunner
+
 from conftest import REPO
+from fer_bench.cli import app
+
+REFERENCE = REPO / "results" / "reference"
+
+
+def generated_block(marker: str) -> str:
+    readme = (REPO / "README.md").read_text()
+    return re.search(rf"<!-- {marker}:start -->\n(.*?)<!-- {marker}:end -->", readme, re.S).group(1)
+
+
+def script_output(name: str) -> str:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / name)], capture_output=True, text=True,
+                          check=True).stdout
 
 
 def test_readme_config_reference_matches_the_schema():
-    readme = (REPO / "README.md").read_text()
-    table = re.search(r"<!-- config-reference:start -->\n(.*?)<!-- config-reference:end -->", readme, re.S).group(1)
-    generated = subprocess.run([sys.executable, str(REPO / "scripts/config_reference.py")], capture_output=True,
-                               text=True, check=True).stdout
-    assert table == generated
+    assert generated_block("config-reference") == script_output("config_reference.py")
+
+
+def test_readme_reference_results_are_the_committed_files():
+    assert generated_block("reference-results") == script_output("reference_section.py")
+
+
+def test_compare_reproduces_the_committed_reference_table(tmp_path):
+    result = CliRunner().invoke(app, ["compare", str(REFERENCE), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "comparison.md").read_text() == (REFERENCE / "comparison.md").read_text()
 
 
 def test_readme_gives_the_install_and_test_commands_ci_runs():
