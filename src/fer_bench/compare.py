@@ -6,6 +6,7 @@ TensorFlow, so comparing many runs takes seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from fer_bench.artifacts import STATUS_FILE, Run, RunDirectory, read_run
+from fer_bench.config import AugmentConfig
 from fer_bench.errors import RunError
 from fer_bench.evaluate import bootstrap_scores, confidence_interval, mcnemar_exact
 
@@ -50,7 +52,7 @@ def _settings(run: Run) -> str:
     parts = [f"{data['input_size']}px"] if "input_size" in data else []
     if model.get("weights"):
         parts.append(f"weights={Path(str(model['weights'])).name}")
-    if any(augment.get(k) for k in ("flip", "rotation", "zoom", "shift", "erasing")):
+    if any(augment.get(f.name) for f in dataclasses.fields(AugmentConfig)):
         parts.append("aug")
     features = cfg.get("features") or {}
     if features:
