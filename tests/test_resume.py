@@ -7,8 +7,12 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
+from fer_bench.artifacts import RunDirectory
+from fer_bench.cli import app
 from conftest import REPO, make_fer_folder
 
 CLASSES = "[angry, happy, surprise]"
@@ -74,7 +78,13 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path, env, config, override
 
     args = command(config, data, results, "resumed", *overrides)
     state = kill_after(args, results / "resumed" / "checkpoint" / "state.json", ready, env)
-    assert read(results / "resumed" / "status.json")["state"] == "running"
+    killed = read(results / "resumed" / "status.json")
+    assert killed["state"] == "running"  # what the killed process last wrote; readers know better:
+    assert RunDirectory(results / "resumed").state() == "interrupted"
+    listed = CliRunner().invoke(app, ["compare", str(results), "--out", str(results.parent / "comparison")])
+    assert listed.exit_code == 0, listed.output
+    assert "warning: skipping resumed: interrupted (its process ended while training; run the same command " \
+           "again to resume it)" in listed.output
     assert not (results / "resumed" / "metrics.json").exists()
 
     again = subprocess.run(args, env=env, capture_output=True, text=True)
@@ -87,6 +97,13 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path, env, config, override
     strip_seconds = [[",".join(line.split(",")[:-1]) for line in rows] for rows in history]
     assert strip_seconds[0] == strip_seconds[1]
     assert not (results / "resumed" / "checkpoint").exists()
+    # Dates and durations cover the whole run, the part before the kill included.
+    finished = read(results / "resumed" / "status.json")
+    environment = read(results / "resumed" / "environment.json")
+    assert finished["state"] == "finished" and finished["started"] == killed["started"] == environment["started"]
+    assert len(environment["resumed"]) == 1
+    epoch_seconds = pd.read_csv(results / "resumed" / "history.csv")["seconds"].sum()
+    assert resumed["training_seconds"] >= epoch_seconds
 
 
 @pytest.mark.slow
@@ -99,3 +116,45 @@ def test_restart_starts_afresh_and_a_changed_config_is_refused(tmp_path, env, fe
     fresh = subprocess.run(args + ["--restart"], env=env, capture_output=True, text=True)
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert "resumed" not in fresh.stderr
+
+
+def wait_for(condition, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    pytest.fail("timed out")
+
+
+@pytest.mark.slow
+def test_two_runs_of_the_same_name_at_once(tmp_path, env):
+    """The second never writes into the first: with --name it stops with one line, without it takes NAME-2."""
+    data = make_fer_folder(tmp_path / "data", counts=(70, 8, 8), classes=("angry", "happy", "surprise"))
+    results = tmp_path / "results"
+    first_args = command("custom_cnn.yaml", data, results, "x", "train.early_stopping_patience=null",
+                         "train.epochs=12", "model.params.filters=[16, 32]")
+    first_args.remove("--name"), first_args.remove("x")  # the config's own name: custom_cnn
+    first = subprocess.Popen(first_args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (results / "custom_cnn" / "checkpoint" / "state.json").is_file())
+        same_name = subprocess.run(command("custom_cnn.yaml", data, results, "custom_cnn", "train.epochs=12",
+                                           "model.params.filters=[16, 32]"), env=env, capture_output=True, text=True)
+        default_name = subprocess.Popen(first_args + ["--set", "train.epochs=1"], env=env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: (results / "custom_cnn-2").exists() or default_name.poll() is not None)
+        assert first.poll() is None, "the first run ended before the others started; give it more epochs"
+        default_stderr = default_name.communicate(timeout=300)[1]
+    finally:
+        first_stderr = first.communicate(timeout=300)[1]
+    assert same_name.returncode == 1
+    assert same_name.stderr.strip().splitlines() == [
+        f"error: run {results / 'custom_cnn'} is in progress in another process (pid {first.pid}); wait for it to "
+        "finish, or pass another --name"]
+    assert default_name.returncode == 0, default_stderr[-2000:]
+    assert f"-> {results / 'custom_cnn-2'}" in default_stderr
+    assert first.returncode == 0, first_stderr[-2000:]
+    for run in ("custom_cnn", "custom_cnn-2"):
+        assert read(results / run / "status.json")["state"] == "finished"
+    assert read(results / "custom_cnn" / "metrics.json")["epochs_run"] == 12
+    assert read(results / "custom_cnn-2" / "metrics.json")["epochs_run"] == 1

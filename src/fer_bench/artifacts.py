@@ -3,6 +3,10 @@
 A reader never sees half a file: each write goes to `<name>.tmp` and is moved into place with
 `os.replace`. `metrics.json` is written last, and `status.json` says `running`, `finished` or
 `failed` (with the error), so `compare` reads finished runs only.
+
+The process writing a run holds an exclusive lock on its `.lock` file. The kernel drops the lock
+when that process ends, however it ends (SIGKILL included), so a `running` status whose lock nobody
+holds is read as `interrupted`, and a second process never writes into a run that is in progress.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import platform
 import subprocess
 import sys
@@ -24,8 +29,14 @@ import yaml
 from fer_bench.errors import FerBenchError, RunError
 from fer_bench.evaluate import SplitPredictions, confusion, report_text, score_splits
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs of the same name must not overlap there
+    fcntl = None
+
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.json"
+LOCK_FILE = ".lock"
 PACKAGES = ("fer-bench", "tensorflow", "tensorflow-cpu", "keras", "numpy", "scikit-learn", "pandas",
             "matplotlib", "seaborn", "pyyaml", "typer", "pillow", "kagglehub")
 
@@ -49,15 +60,75 @@ class RunDirectory:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._lock: Any = None  # the open lock file while this process holds the run
+        self.made: Path | None = None  # the outermost folder that `acquire` had to create, if any
 
     def create(self) -> "RunDirectory":
+        if self.path.exists() and not self.path.is_dir():
+            raise FerBenchError(f"{self.path} is a file; give a folder")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise FerBenchError(f"cannot create run directory {self.path}: {exc.strerror or exc}") from None
+            raise FerBenchError(f"cannot create folder {self.path}: {exc.strerror or exc}") from None
         if not os.access(self.path, os.W_OK):
-            raise FerBenchError(f"results directory is not writable: {self.path}")
+            raise FerBenchError(f"folder is not writable: {self.path}")
         return self
+
+    # -- ownership ---------------------------------------------------------------------------
+
+    def acquire(self) -> bool:
+        """Create the folder and take its lock; False when another process holds it."""
+        missing = [folder for folder in (self.path, *self.path.parents) if not folder.exists()]
+        self.made = self.made or (missing[-1] if missing else None)
+        self.create()
+        if fcntl is None or self._lock is not None:
+            return True
+        handle = self.file(LOCK_FILE).open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock = handle
+        return True
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing drops the lock
+            self._lock = None
+
+    def in_use(self) -> bool:
+        """True while some process (this one included) holds the run's lock."""
+        if self._lock is not None:
+            return True
+        if fcntl is None or not self.file(LOCK_FILE).is_file():
+            return False
+        with self.file(LOCK_FILE).open("r") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+        return False
+
+    def holder(self) -> str:
+        """The pid written by the process that holds the lock, for messages."""
+        try:
+            return self.file(LOCK_FILE).read_text().strip() or "?"
+        except OSError:
+            return "?"
+
+    def clear(self) -> None:
+        """Remove everything in the folder but the lock this process holds."""
+        for child in self.path.iterdir():
+            if child.name == LOCK_FILE:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -109,6 +180,13 @@ class RunDirectory:
             return self.read_json(STATUS_FILE)
         except (OSError, ValueError):
             return {}
+
+    def state(self) -> str | None:
+        """finished, failed, running (its process is alive), interrupted (its process died), or None."""
+        state = self.status().get("state")
+        if state == "running" and not self.in_use():
+            return "interrupted"
+        return state
 
     def set_status(self, state: str, **info: Any) -> None:
         self.write_json(STATUS_FILE, {"state": state, "updated": now(), **info})
@@ -228,18 +306,29 @@ def read_run(path: Path, name: str) -> Run:
     import pandas as pd
 
     run = RunDirectory(path)
-    state = run.status().get("state")
+    state = run.state()
+    if state == "interrupted":
+        raise RunError(f"{name}: interrupted (its process ended while training; run the same command again to "
+                       "resume it)")
     if state != "finished":
         raise RunError(f"{name}: not finished (status {state or 'missing'})")
-    try:
-        metrics = run.read_json(METRICS_FILE)
-        config = yaml.safe_load(run.file("config.yaml").read_text()) if run.file("config.yaml").is_file() else {}
-        predictions = pd.read_csv(run.file("predictions.csv"))
-        history = pd.read_csv(run.file("history.csv")) if run.file("history.csv").is_file() else None
-    except FileNotFoundError as exc:
-        raise RunError(f"{name}: {Path(exc.filename).name} is missing") from None
-    except (ValueError, yaml.YAMLError, pd.errors.ParserError) as exc:
-        raise RunError(f"{name}: unreadable artifact ({exc.__class__.__name__})") from None
+
+    def load(file: str, reader: Any, optional: bool = False) -> Any:
+        if optional and not run.file(file).is_file():
+            return None
+        try:
+            return reader(run.file(file))
+        except FileNotFoundError:
+            raise RunError(f"{name}: {file} is missing") from None
+        except (ValueError, yaml.YAMLError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise RunError(f"{name}: {file} is unreadable ({exc.__class__.__name__})") from None
+
+    metrics = load(METRICS_FILE, lambda p: json.loads(p.read_text()))
+    config = load("config.yaml", lambda p: yaml.safe_load(p.read_text()), optional=True)
+    predictions = load("predictions.csv", pd.read_csv)
+    history = load("history.csv", pd.read_csv, optional=True)
+    if not isinstance(metrics, dict) or "classes" not in metrics:
+        raise RunError(f"{name}: {METRICS_FILE} is unreadable (no classes)")
     needed = {"split", "true", "predicted"}
     if not needed <= set(predictions.columns):
         raise RunError(f"{name}: predictions.csv lacks columns {sorted(needed - set(predictions.columns))}")

@@ -11,6 +11,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from fer_bench.console import ProgressBar
+
 
 class BestWeights(keras.callbacks.Callback):
     """Remember the weights of the best epoch by validation accuracy, across fine-tune phases.
@@ -61,6 +63,33 @@ class EpochRecorder(keras.callbacks.Callback):
               f"({row['seconds']:.0f}s)", file=sys.stderr, flush=True)
 
 
+class BatchProgress(keras.callbacks.Callback):
+    """A live bar through each epoch, on a terminal only: logs get EpochRecorder's one line per epoch."""
+
+    def __init__(self, phase: str, steps: int, last_epoch: int):
+        super().__init__()
+        self.phase = phase
+        self.steps = steps
+        self.last_epoch = last_epoch
+        self.bar: ProgressBar | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.bar = ProgressBar(self.steps, f"epoch {epoch + 1}/{self.last_epoch} [{self.phase}]")
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        extra = "  ".join(f"{short} {float(logs[k]):.4f}" for k, short in (("loss", "loss"), ("accuracy", "acc"))
+                          if k in logs)
+        self.bar.update(batch + 1, extra)
+
+    def on_test_begin(self, logs=None):
+        if self.bar is not None:
+            self.bar.update(self.steps, "validating")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.bar.close()
+
+
 class Checkpoint(keras.callbacks.Callback):
     """After every epoch, save all that training needs to continue exactly where it stopped.
 
@@ -75,7 +104,8 @@ class Checkpoint(keras.callbacks.Callback):
     COUNTERS = ("wait", "best", "stopped_epoch", "cooldown_counter")
 
     def __init__(self, directory: Path, phase: str, history: list[dict], best: BestWeights,
-                 stateful: list[keras.callbacks.Callback], completed: list[str]):
+                 stateful: list[keras.callbacks.Callback], completed: list[str],
+                 seconds: dict[str, float] | None = None, seconds_before: float = 0.0):
         super().__init__()
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -84,6 +114,9 @@ class Checkpoint(keras.callbacks.Callback):
         self.best = best
         self.stateful = stateful
         self.completed = completed
+        self.seconds = seconds if seconds is not None else {}  # training seconds of the finished phases
+        self.seconds_before = seconds_before  # of this phase, spent before it was last interrupted
+        self._fit_start = time.perf_counter()
 
     @classmethod
     def read(cls, directory: Path) -> dict | None:
@@ -113,6 +146,7 @@ class Checkpoint(keras.callbacks.Callback):
         seeds = f"{tag}-seeds.npy"
         np.save(self.directory / seeds, np.array([np.asarray(v.numpy()) for v in self._seed_variables()]))
         return {"completed": list(self.completed), "history": list(self.history), "seeds": seeds,
+                "seconds": dict(self.seconds),
                 "best": {"value": self.best.best, "epoch": self.best.best_epoch, "file": best_file}}
 
     def on_epoch_end(self, epoch, logs=None):
@@ -123,6 +157,7 @@ class Checkpoint(keras.callbacks.Callback):
         self._write_state({
             **self._common_state(tag), "phase": self.phase, "epoch": epoch + 1, "weights": weights,
             "stopped": bool(self.model.stop_training),
+            "elapsed": round(self.seconds_before + time.perf_counter() - self._fit_start, 2),
             "callbacks": [{k: getattr(cb, k) for k in self.COUNTERS if hasattr(cb, k)} for cb in self.stateful],
         })
 
@@ -152,6 +187,7 @@ class Checkpoint(keras.callbacks.Callback):
             self.model.set_weights([saved[f"arr_{i}"] for i in range(len(saved.files))])
 
     def on_train_begin(self, logs=None):
+        self._fit_start = time.perf_counter()
         state = self.read(self.directory)
         if state is None or state.get("phase") != self.phase:
             return

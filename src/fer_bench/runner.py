@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import shutil
 import sys
 import time
@@ -52,21 +53,26 @@ def load_experiment(path: Path | str, overrides: list[str] | None = None) -> Exp
 
 
 def choose_run_directory(results_dir: Path, name: str, explicit_name: bool, restart: bool = False) -> RunDirectory:
-    """Where this run goes (nothing is created or removed here).
+    """Where this run goes, locked for this process (see artifacts: a second process never shares it).
 
     An unfinished folder of the same name is taken over (so that the same command picks up where
-    it stopped); a finished one gets a numbered sibling, or an error when the name was explicit,
-    unless `restart` says to replace it.
+    it stopped); a finished one, or one that another process is writing, gets a numbered sibling,
+    or an error when the name was explicit; `restart` replaces a finished one.
     """
     path = results_dir / name
-    if not path.exists() or restart or RunDirectory(path).status().get("state") != "finished":
-        return RunDirectory(path)
-    if explicit_name:
+    run = RunDirectory(path)
+    if not path.exists() or restart or run.state() != "finished":
+        if run.acquire():
+            return run
+        if explicit_name:
+            raise RunError(f"run {path} is in progress in another process (pid {run.holder()}); wait for it to "
+                           "finish, or pass another --name")
+    elif explicit_name:
         raise RunError(f"run {path} already finished; pass --restart to redo it, or another --name")
     for number in range(2, 10_000):
-        candidate = results_dir / f"{name}-{number}"
-        if not candidate.exists() or RunDirectory(candidate).status().get("state") != "finished":
-            return RunDirectory(candidate)
+        candidate = RunDirectory(results_dir / f"{name}-{number}")
+        if candidate.state() != "finished" and candidate.acquire():
+            return candidate
     raise RunError(f"too many runs named {name} under {results_dir}")
 
 
@@ -134,6 +140,13 @@ def run_experiment(exp: Experiment, data_dir: str | Path | None = None, results_
                    name: str | None = None, restart: bool = False) -> Path:
     """Train and evaluate one experiment; return its finished run directory."""
     run = choose_run_directory(Path(results_dir), name or exp.name or "run", name is not None, restart)
+    try:
+        return _run_locked(exp, run, data_dir, restart)
+    finally:
+        run.release()
+
+
+def _run_locked(exp: Experiment, run: RunDirectory, data_dir: str | Path | None, restart: bool) -> Path:
     exp = dataclasses.replace(exp, name=run.path.name)
     if not restart and not _same_experiment(run, exp):
         # A checkpoint is training progress that only the same experiment may continue; without one,
@@ -143,18 +156,28 @@ def run_experiment(exp: Experiment, data_dir: str | Path | None = None, results_
                            "replace it, or another --name")
         restart = True
     clock = time.perf_counter()
-    # The data is loaded before anything is written: a bad data source leaves no trace behind.
-    data = load_data(exp.data, exp.classes, data_dir, seed=exp.train.seed)
-    if restart and run.path.exists():
-        shutil.rmtree(run.path)
-    run.create()
-    started = now()
-    run.set_status("running", started=started)
+    try:
+        data = load_data(exp.data, exp.classes, data_dir, seed=exp.train.seed)
+    except BaseException:
+        if run.made is not None:
+            # The folders were made here only to hold the lock: a bad data source leaves no trace behind.
+            run.release()
+            shutil.rmtree(run.made, ignore_errors=True)
+        raise
+    previous = run.status()
+    if restart:
+        run.clear()
+        previous = {}
+    resumed = run.file(CHECKPOINT_DIR).exists() and "started" in previous
+    # A resumed run keeps the start of its first attempt, so its dates and durations cover all of it.
+    started = previous["started"] if resumed else now()
+    resumes = [*previous.get("resumed", []), now()] if resumed else []
+    run.set_status("running", started=started, pid=os.getpid(), **({"resumed": resumes} if resumes else {}))
     run.write_yaml("config.yaml", to_dict(exp))
     try:
         with _logging_to(run.file("log.txt")):
             print(f"== {exp.name}: {exp.model.name} -> {run.path}", file=sys.stderr, flush=True)
-            metrics = _train_and_evaluate(exp, run, data, data_dir, started, clock)
+            metrics = _train_and_evaluate(exp, run, data, data_dir, started, clock, resumes)
     except KeyboardInterrupt:
         _mark_failed(run, started, "interrupted")
         raise
@@ -164,7 +187,8 @@ def run_experiment(exp: Experiment, data_dir: str | Path | None = None, results_
     except Exception as exc:
         _mark_failed(run, started, f"{exc.__class__.__name__}: {exc}")
         raise
-    run.set_status("finished", started=started, finished=now(), test_accuracy=metrics["test"]["accuracy"])
+    run.set_status("finished", started=started, finished=now(), test_accuracy=metrics["test"]["accuracy"],
+                   **({"resumed": resumes} if resumes else {}))
     shutil.rmtree(run.file(CHECKPOINT_DIR), ignore_errors=True)
     return run.path
 
@@ -221,7 +245,7 @@ def _feature_source(exp: Experiment, run: RunDirectory, data_dir: str | Path | N
         return Path(features.from_run) / "model.keras"  # checked when the config was loaded
     # First stage: the CNN experiment, on this run's data, trained into <run>/cnn/ (or resumed there).
     stage_dir = RunDirectory(run.file("cnn"))
-    if stage_dir.status().get("state") == "finished":
+    if stage_dir.state() == "finished":
         return stage_dir.file("model.keras")
     stage = load_experiment(features.cnn_config, list(features.cnn_overrides))
     stage = dataclasses.replace(stage, data=exp.data, train=dataclasses.replace(stage.train, seed=exp.train.seed))
@@ -255,7 +279,7 @@ TRAINERS = {"keras": _train_keras, "features": _train_features}
 
 
 def _train_and_evaluate(exp: Experiment, run: RunDirectory, data: FerData, data_dir: str | Path | None,
-                        started: str, clock: float) -> dict:
+                        started: str, clock: float, resumes: list[str]) -> dict:
     from fer_bench.inference import predict_with_tta
 
     seconds: dict[str, float] = {"data": round(time.perf_counter() - clock, 2)}
@@ -281,7 +305,7 @@ def _train_and_evaluate(exp: Experiment, run: RunDirectory, data: FerData, data_
 
     run.write_json("environment.json", {
         **environment_record(), **trained.environment, "data": data.record(), "seed": exp.train.seed,
-        "started": started, "finished": now(), "seconds": seconds,
+        "started": started, "finished": now(), "seconds": seconds, **({"resumed": resumes} if resumes else {}),
     })
     record = {
         "run": exp.name, "model": exp.model.name, "classes": list(data.classes),

@@ -49,6 +49,9 @@ def _resolve_auto(value: bool | str, have_gpu: bool) -> bool:
 
 def configure_runtime(runtime: RuntimeConfig, seed: int, deterministic: bool) -> Runtime:
     """Seed everything and pick precision, XLA and the distribution strategy for this machine."""
+    from fer_bench.console import import_keras_quietly
+
+    import_keras_quietly()
     import keras
     import tensorflow as tf
 
@@ -172,7 +175,8 @@ def train_model(exp: Experiment, data: FerData, runtime: Runtime, checkpoint_dir
     """
     import keras
 
-    from fer_bench.callbacks import BestWeights, Checkpoint, EpochRecorder
+    from fer_bench.callbacks import BatchProgress, BestWeights, Checkpoint, EpochRecorder
+    from fer_bench.console import terminal
 
     cfg = exp.train
     num_classes = len(data.classes)
@@ -185,9 +189,10 @@ def train_model(exp: Experiment, data: FerData, runtime: Runtime, checkpoint_dir
         model = build_model(exp)
     history: list[dict] = []
     best = BestWeights()
-    seconds: dict[str, float] = {}
     state = Checkpoint.read(checkpoint_dir) if checkpoint_dir is not None else None
     completed: list[str] = list(state["completed"]) if state else []
+    # Training time spent before an interruption counts: a resumed run reports all of it.
+    seconds: dict[str, float] = dict(state.get("seconds", {})) if state else {}
     if state is not None:
         # Resuming: history, best model and dropout seeds come back whatever phase we stopped in.
         restorer = Checkpoint(checkpoint_dir, "", history, best, [], completed)
@@ -202,6 +207,7 @@ def train_model(exp: Experiment, data: FerData, runtime: Runtime, checkpoint_dir
         phase_start = sum(row["phase"] != phase for row in history)
         resuming = state is not None and state["phase"] == phase
         first_epoch = state["epoch"] if resuming else phase_start
+        seconds_before = float(state.get("elapsed", 0.0)) if resuming else 0.0
         # A phase that early stopping had ended runs no further epoch.
         phase_end = state["epoch"] if resuming and state["stopped"] else phase_start + epochs
         state = None
@@ -212,14 +218,16 @@ def train_model(exp: Experiment, data: FerData, runtime: Runtime, checkpoint_dir
             stateful.append(keras.callbacks.ReduceLROnPlateau(
                 monitor="val_loss", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
                 min_lr=learning_rate * 1e-3, verbose=0))
-        callbacks: list[Any] = [best, EpochRecorder(phase, history), *stateful]
-        checkpoint = None
-        if checkpoint_dir is not None:
-            checkpoint = Checkpoint(checkpoint_dir, phase, history, best, stateful, completed)
-            callbacks.append(checkpoint)  # last: it saves what the others have just updated
         train_ds, steps_per_epoch = training_dataset(
             data.train.images, data.train.labels, num_classes, global_batch, exp.augment, cfg.seed, sample_weights,
             cfg.sampling, first_epoch=first_epoch, num_epochs=max(phase_end - first_epoch, 0))
+        # The live bar only where someone watches: per-batch callbacks cost a little speed.
+        progress = [BatchProgress(phase, steps_per_epoch, phase_end)] if terminal() else []
+        callbacks: list[Any] = [best, *progress, EpochRecorder(phase, history), *stateful]
+        checkpoint = None
+        if checkpoint_dir is not None:
+            checkpoint = Checkpoint(checkpoint_dir, phase, history, best, stateful, completed, seconds, seconds_before)
+            callbacks.append(checkpoint)  # last: it saves what the others have just updated
         with runtime.strategy.scope():
             model.compile(
                 optimizer=make_optimizer(cfg, learning_rate, epochs * steps_per_epoch),
@@ -230,7 +238,7 @@ def train_model(exp: Experiment, data: FerData, runtime: Runtime, checkpoint_dir
         start = time.perf_counter()
         model.fit(train_ds, validation_data=val_ds, initial_epoch=phase_start, epochs=phase_end,
                   steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False, verbose=0)
-        seconds[phase] = round(time.perf_counter() - start, 2)
+        seconds[phase] = round(seconds_before + time.perf_counter() - start, 2)
         if checkpoint is not None:
             checkpoint.complete_phase()
     best.restore(model)
