@@ -52,6 +52,8 @@ def add_broken_runs(results):
     (results / "half" / "status.json").write_text('{"state": "running"}')
     shutil.copytree(results / "custom_cnn", results / "nopred", dirs_exist_ok=True)
     (results / "nopred" / "predictions.csv").unlink()
+    shutil.copytree(results / "custom_cnn", results / "badjson", dirs_exist_ok=True)
+    (results / "badjson" / "metrics.json").write_text('{"classes": ')
 
 
 @pytest.mark.slow
@@ -62,8 +64,10 @@ def test_compare_writes_table_significance_and_charts(trained_runs, tmp_path):
     out = invoke("compare", results)
     assert out.exit_code == 0, out.output
     assert "warning: skipping failed: not finished (status failed)" in out.output
-    assert "warning: skipping half: not finished (status running)" in out.output
+    assert "warning: skipping half: interrupted (its process ended while training; run the same command again " \
+           "to resume it)" in out.output
     assert "warning: skipping nopred: predictions.csv is missing" in out.output
+    assert "warning: skipping badjson: metrics.json is unreadable (JSONDecodeError)" in out.output
     table = pd.read_csv(results / "comparison.csv")
     assert sorted(table["name"]) == ["custom_cnn", "custom_cnn_aug"]
     assert table["accuracy"].is_monotonic_decreasing
@@ -93,9 +97,10 @@ def test_compare_options_and_flags_for_other_data(trained_runs, tmp_path):
     out = invoke("compare", results, "--out", tmp_path / "out", "--split", "validation", "--metric", "macro_f1")
     assert out.exit_code == 0, out.output
     table = pd.read_csv(tmp_path / "out" / "comparison.csv")
-    assert table["macro_f1"].is_monotonic_decreasing
-    assert table.set_index("name").loc["custom_cnn_aug", "data"] == "DIFFERENT"
+    assert table["name"].iloc[-1] == "custom_cnn_aug" and table["data"].iloc[-1] == "DIFFERENT"  # last, not ranked
+    assert table["macro_f1"].iloc[:-1].is_monotonic_decreasing
     assert "made on other data" in out.output
+    assert "| - | custom_cnn_aug |" in (tmp_path / "out" / "comparison.md").read_text()
     # runs on different data are never tested against each other
     significance = pd.read_csv(tmp_path / "out" / "significance.csv")
     assert significance[["run_a", "run_b"]].values.tolist() == [["copy", "custom_cnn"]] or \
@@ -110,6 +115,15 @@ def test_compare_errors_are_one_line(tmp_path):
     assert out.exit_code == 1 and out.output.strip() == f"error: no finished runs under {tmp_path}"
     out = invoke("compare", tmp_path, "--metric", "speed")
     assert out.exit_code == 1 and "--metric must be one of ['accuracy'" in out.output
+
+
+@pytest.mark.slow
+def test_compare_out_pointed_at_a_file(trained_runs, tmp_path):
+    target = tmp_path / "comparison.txt"
+    target.write_text("notes")
+    out = invoke("compare", trained_runs, "--out", target)
+    assert out.exit_code == 1
+    assert out.output.strip().splitlines()[-1] == f"error: {target} is a file; give a folder"
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import matplotlib
@@ -46,6 +47,7 @@ def curves_figure(history: list[dict], title: str) -> plt.Figure:
             ax.axvline(epoch - 0.5, color="grey", linestyle="--", linewidth=1)
             ax.text(epoch - 0.4, ax.get_ylim()[1], "fine-tune", va="top", fontsize=8, color="grey")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _honest_y_range(ax)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.set_title(label)
@@ -55,28 +57,84 @@ def curves_figure(history: list[dict], title: str) -> plt.Figure:
     return fig
 
 
-def _short(name: str, width: int = 28) -> str:
-    return name if len(name) <= width else name[: width - 1] + "…"
+MIN_RELATIVE_SPAN = 0.02  # a y-axis spans at least 2% of its largest value (0.02 for values below 1)
+
+
+def _honest_y_range(ax: plt.Axes) -> None:
+    """Plain tick labels, no offset, and a floor on the span, so a flat line looks flat.
+
+    Left alone, matplotlib stretches a change of 1e-5 over the whole axis and writes the value
+    as an offset (+1.946), which reads as a steep drop.
+    """
+    ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+    values = np.concatenate([np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()] or [np.zeros(0)])
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return
+    low, high = float(values.min()), float(values.max())
+    least = MIN_RELATIVE_SPAN * max(1.0, abs(low), abs(high))
+    if high - low < least:
+        middle = (low + high) / 2
+        ax.set_ylim(middle - least / 2, middle + least / 2)
+
+
+def _wrap(name: str, width: int = 34) -> str:
+    """A run name in full, broken after '/', '-' or '_' into lines of about `width` characters."""
+    lines, line = [], ""
+    for token in re.split(r"(?<=[/_-])", name):
+        while len(token) > width:  # a long stretch with no break point
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(token[:width])
+            token = token[width:]
+        if line and len(line) + len(token) > width:
+            lines.append(line)
+            line = ""
+        line += token
+    return "\n".join([*lines, line] if line else lines)
+
+
+OTHER_DATA = "(other data)"
+
+
+def _label(name: str, other_data: bool) -> str:
+    return _wrap(name) + (f"\n{OTHER_DATA}" if other_data else "")
 
 
 def comparison_figure(table, split: str) -> plt.Figure:
-    """Accuracy and macro-F1 per run, horizontal bars with 95% bootstrap intervals, best at the top."""
-    names = [_short(n) for n in table["name"]]
-    height = 1.2 + 0.45 * len(names)
-    fig, ax = plt.subplots(figsize=(10, max(height, 3)), constrained_layout=True)
-    positions = np.arange(len(names))
-    bar = 0.38
+    """Accuracy and macro-F1 per run, horizontal bars with 95% bootstrap intervals, best at the top.
+
+    Runs made on other data (table column `data` = DIFFERENT) come last, below a line, hatched and
+    labelled: their scores are not comparable with the rest.
+    """
+    other = (table["data"] == "DIFFERENT").to_numpy() if "data" in table else np.zeros(len(table), bool)
+    names = [_label(n, o) for n, o in zip(table["name"], other)]
+    lines = [n.count("\n") + 1 for n in names]
+    positions = np.cumsum([0.0] + [0.35 + 0.2 * max(a, b) for a, b in zip(lines, lines[1:])])
+    fig, ax = plt.subplots(figsize=(10, max(1.4 + positions[-1] * 1.05 if len(names) else 0, 3)), constrained_layout=True)
+    bar = 0.17
     for offset, metric, label, colour in ((-bar / 2, "accuracy", "accuracy", "#4C72B0"),
                                           (bar / 2, "macro_f1", "macro-F1", "#DD8452")):
         values = table[metric].to_numpy(dtype=float)
         low = table.get(f"{metric}_low", values).to_numpy(dtype=float)
         high = table.get(f"{metric}_high", values).to_numpy(dtype=float)
         errors = np.vstack([values - low, high - values])
-        ax.barh(positions + offset, values, height=bar, xerr=np.nan_to_num(errors), capsize=3, label=label,
-                color=colour)
+        bars = ax.barh(positions + offset, values, height=bar, xerr=np.nan_to_num(errors), capsize=3, label=label,
+                       color=colour)
+        for patch, is_other in zip(bars, other):
+            if is_other:
+                patch.set_hatch("///")
+                patch.set_alpha(0.45)
         for y, value, top in zip(positions + offset, values, np.nan_to_num(high, nan=0.0)):
             ax.text(min(max(value, top) + 0.012, 0.95), y, f"{value:.3f}", va="center", fontsize=8)
-    ax.set_yticks(positions, names)
+    if other.any() and not other.all():
+        first_other = int(np.argmax(other))
+        boundary = (positions[first_other - 1] + positions[first_other]) / 2
+        ax.axhline(boundary, color="black", linewidth=1, linestyle="--")
+        ax.text(0.995, boundary, "below: runs on other data, not comparable  ", ha="right", va="bottom", fontsize=8,
+                transform=ax.get_yaxis_transform())
+    ax.set_yticks(positions, names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"{split} score (error bars: 95% bootstrap interval over {split} images)")
@@ -86,18 +144,25 @@ def comparison_figure(table, split: str) -> plt.Figure:
     return fig
 
 
-def per_class_f1_figure(names: Sequence[str], per_class: Sequence[dict], split: str) -> plt.Figure:
-    """Heatmap of per-class F1: runs down, emotions across."""
+def per_class_f1_figure(names: Sequence[str], per_class: Sequence[dict], split: str,
+                        other_data: Sequence[bool] | None = None) -> plt.Figure:
+    """Heatmap of per-class F1: runs down, emotions across; runs on other data labelled as such."""
+    other_data = list(other_data) if other_data is not None else [False] * len(names)
     classes = list(dict.fromkeys(c for scores in per_class for c in scores))
     values = np.array([[scores.get(c, {}).get("f1", np.nan) for c in classes] for scores in per_class])
-    fig, ax = plt.subplots(figsize=(1.1 * len(classes) + 4.0, 0.42 * len(names) + 1.9), constrained_layout=True)
+    labels = [_label(n, o) for n, o in zip(names, other_data)]
+    rows = sum(label.count("\n") + 1 for label in labels)
+    fig, ax = plt.subplots(figsize=(1.1 * len(classes) + 5.0, 0.3 * rows + 0.2 * len(names) + 1.9),
+                           constrained_layout=True)
     image = ax.imshow(values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
     for (row, column), value in np.ndenumerate(values):
         if not np.isnan(value):
             ax.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=9,
                     color="black" if value > 0.6 else "white")
+    if any(other_data) and not all(other_data):
+        ax.axhline(int(np.argmax(other_data)) - 0.5, color="white", linewidth=3)
     ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
-    ax.set_yticks(range(len(names)), [_short(n) for n in names])
+    ax.set_yticks(range(len(names)), labels, fontsize=8)
     fig.colorbar(image, ax=ax, label="F1", fraction=0.05)
     ax.set_title(f"Per-class F1 on the {split} split")
     return fig
@@ -107,7 +172,7 @@ MAX_CONFUSION_PANELS = 16
 
 
 def confusion_grid_figure(names: Sequence[str], matrices: Sequence[np.ndarray], classes: Sequence[Sequence[str]],
-                          split: str) -> plt.Figure:
+                          split: str, other_data: Sequence[bool] | None = None) -> plt.Figure:
     """Row-normalised confusion matrices side by side, one panel per run (the first 16 in the given order).
 
     Plain imshow, not seaborn: seaborn redraws the whole figure for every panel, which took
@@ -118,7 +183,8 @@ def confusion_grid_figure(names: Sequence[str], matrices: Sequence[np.ndarray], 
     rows = int(np.ceil(shown / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(3.8 * columns, 3.8 * rows), squeeze=False)
     annotate = shown <= 8
-    for ax, name, matrix, labels in zip(axes.flat, names, matrices, classes):
+    other_data = list(other_data) if other_data is not None else [False] * len(names)
+    for ax, name, matrix, labels, other in zip(axes.flat, names, matrices, classes, other_data):
         normalised = row_normalise(matrix)
         ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
         if annotate:
@@ -127,7 +193,7 @@ def confusion_grid_figure(names: Sequence[str], matrices: Sequence[np.ndarray], 
                         color="white" if value > 0.6 else "black")
         ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(labels)), labels, fontsize=8)
-        ax.set_title(_short(name, 34), fontsize=10)
+        ax.set_title(_label(name, other), fontsize=9)
         ax.set_xlabel("predicted", fontsize=9)
         ax.set_ylabel("true", fontsize=9)
     for ax in list(axes.flat)[shown:]:
@@ -141,12 +207,26 @@ def confusion_grid_figure(names: Sequence[str], matrices: Sequence[np.ndarray], 
     return fig
 
 
-def validation_curves_figure(curves: Sequence[tuple[str, object]]) -> plt.Figure:
-    """Validation accuracy per epoch of every deep run, overlaid."""
-    fig, ax = plt.subplots(figsize=(11, 5.5), constrained_layout=True)
-    palette = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(curves), 2)))
-    for colour, (name, history) in zip(palette, curves):
-        ax.plot(history["epoch"], history["val_accuracy"], marker=".", label=_short(name), color=colour)
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "x")
+
+
+def validation_curves_figure(curves: Sequence[tuple[str, object]], other_data: Sequence[bool] | None = None) -> plt.Figure:
+    """Validation accuracy per epoch of every deep run, overlaid.
+
+    Each run differs from the others in colour, line style and marker, so two runs with the same
+    curve both stay visible; the legend gives each run's best epoch and marks runs on other data.
+    """
+    other_data = list(other_data) if other_data is not None else [False] * len(curves)
+    fig, ax = plt.subplots(figsize=(12, 5.5), constrained_layout=True)
+    palette = plt.get_cmap("tab10")(np.arange(10))
+    for index, ((name, history), other) in enumerate(zip(curves, other_data)):
+        epochs, accuracy = np.asarray(history["epoch"]), np.asarray(history["val_accuracy"], dtype=float)
+        best = int(np.nanargmax(accuracy)) if np.isfinite(accuracy).any() else 0
+        ax.plot(epochs, accuracy, color=palette[index % 10], linestyle=LINE_STYLES[(index // 10) % len(LINE_STYLES)],
+                marker=MARKERS[index % len(MARKERS)], markersize=4, markevery=max(len(epochs) // 12, 1),
+                linewidth=1.6, alpha=0.85,
+                label=f"{_label(name, other)}\n  best {accuracy[best]:.3f} at epoch {epochs[best]}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")

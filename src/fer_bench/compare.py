@@ -131,7 +131,9 @@ def markdown_table(table: pd.DataFrame, metric: str) -> str:
     header = ["#", "run", "model", "settings", "accuracy (95% CI)", "macro-F1 (95% CI)", "balanced acc.",
               "acc. w/o duplicates", "params", "train time", "epochs", "data"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for rank, row in enumerate(table.itertuples(index=False), start=1):
+    ranks = iter(range(1, len(table) + 1))
+    for row in table.itertuples(index=False):
+        rank = "-" if row.data == "DIFFERENT" else next(ranks)  # not ranked among runs on other data
         def interval(name: str) -> str:
             value = getattr(row, name)
             low, high = getattr(row, f"{name}_low", np.nan), getattr(row, f"{name}_high", np.nan)
@@ -158,7 +160,8 @@ def compare_runs(root: Path, out: Path | None = None, split: str = "test", metri
     table = comparison_table(runs, split)
     sort = sort or metric
     table = table.sort_values(sort, ascending=sort in ("name", "training_seconds", "parameters"), kind="stable")
-    table = table.reset_index(drop=True)
+    # Runs on other data are not ranked among the rest: they follow them, in the same order.
+    table = table.sort_values("data", key=lambda data: data == "DIFFERENT", kind="stable").reset_index(drop=True)
     order = {name: i for i, name in enumerate(table["name"])}
     runs.sort(key=lambda r: order[r.name])
     significance = significance_table(runs, split)
@@ -177,13 +180,17 @@ def compare_runs(root: Path, out: Path | None = None, split: str = "test", metri
                          if summary_lines else ""))
     folder.write_table("significance.csv", significance)
     folder.write_figure("comparison.png", charts.comparison_figure(table, split))
+    other_data = dict(zip(table["name"], table["data"] == "DIFFERENT"))
     folder.write_figure("per_class_f1.png", charts.per_class_f1_figure(
-        [r.name for r in runs], [r.metrics.get(split, {}).get("per_class", {}) for r in runs], split))
+        [r.name for r in runs], [r.metrics.get(split, {}).get("per_class", {}) for r in runs], split,
+        [other_data[r.name] for r in runs]))
     folder.write_figure("confusion_matrices.png", charts.confusion_grid_figure(
-        [r.name for r in runs], [_confusion(r, split) for r in runs], [r.classes for r in runs], split))
-    curves = [(r.name, r.history) for r in runs if r.history is not None and "val_accuracy" in r.history]
+        [r.name for r in runs], [_confusion(r, split) for r in runs], [r.classes for r in runs], split,
+        [other_data[r.name] for r in runs]))
+    curves = [r for r in runs if r.history is not None and "val_accuracy" in r.history]
     if curves:
-        folder.write_figure("training_curves.png", charts.validation_curves_figure(curves))
+        folder.write_figure("training_curves.png", charts.validation_curves_figure(
+            [(r.name, r.history) for r in curves], [other_data[r.name] for r in curves]))
     return {"table": table, "markdown": markdown, "significance": significance, "notes": notes, "out": out}
 
 
