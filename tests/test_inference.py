@@ -1,13 +1,18 @@
 import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
 from fer_bench.cli import app
 from fer_bench.inference import load_predictor, tta_views
-from conftest import REAL_DATA, synthetic_face
+from conftest import REAL_DATA, REPO, synthetic_face
 
 runner = CliRunner()
 CLASSES = ("angry", "happy", "surprise")
@@ -110,3 +115,110 @@ def test_evaluate_errors(trained_runs, tmp_path):
     assert out.exit_code == 1 and "is not a finished run" in out.output
     out = invoke("evaluate", trained_runs / "custom_cnn", "--data-dir", tmp_path / "other")
     assert out.exit_code == 1 and "no images of the classes" in out.output
+
+
+def fresh_copy(run, target):
+    """A run folder without the evaluations other tests wrote into it."""
+    shutil.copytree(run, target, ignore=shutil.ignore_patterns("eval"))
+    return target
+
+
+def labelled_folder(root, folders, count=4, seed=3):
+    rng = np.random.default_rng(seed)
+    for folder, label in folders.items():
+        (root / folder).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(synthetic_face(label, i, rng)).save(root / folder / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_evaluate_merges_repeated_maps_and_rejects_folders_that_do_not_exist(trained_runs, tmp_path):
+    run = fresh_copy(trained_runs / "custom_cnn", tmp_path / "run")
+    other = labelled_folder(tmp_path / "other", {"anger": 0, "happiness": 3, "surprised": 5})
+    out = invoke("evaluate", run, "--data-dir", other, "--map", "anger=angry", "--map", "happiness=happy,surprised=surprise")
+    assert out.exit_code == 0, out.output
+    metrics = json.loads((run / "eval" / "other" / "metrics.json").read_text())
+    assert {c: metrics["test"]["per_class"][c]["support"] for c in CLASSES} == {"angry": 4, "happy": 4, "surprise": 4}
+
+    out = invoke("evaluate", run, "--data-dir", other, "--map", "anger=angry", "--map", "rage=angry")
+    assert out.exit_code == 1
+    assert out.output.strip() == (f"error: --map rage=angry: no folder of images named 'rage' under {other} "
+                                  "(folders found: ['anger', 'happiness', 'surprised'])")
+    out = invoke("evaluate", run, "--data-dir", other, "--map", "anger=angry", "--map", "anger=happy")
+    assert out.exit_code == 1
+    assert out.output.strip() == "error: --map maps folder 'anger' twice: to 'angry' and to 'happy'"
+
+
+@pytest.mark.slow
+def test_evaluating_again_never_replaces_an_earlier_evaluation_silently(trained_runs, tmp_path):
+    run = fresh_copy(trained_runs / "custom_cnn", tmp_path / "run")
+    other = labelled_folder(tmp_path / "other", {"angry": 0, "happy": 3})
+    first = invoke("evaluate", run, "--data-dir", other)
+    assert first.exit_code == 0, first.output
+    written = (run / "eval" / "other" / "predictions.csv").read_text()
+    again = invoke("evaluate", run, "--data-dir", other, "--tta", "flip")
+    assert again.exit_code == 0 and again.output.strip().endswith(f"wrote {run / 'eval' / 'other-2'}")
+    assert (run / "eval" / "other" / "predictions.csv").read_text() == written
+    assert "test_tta" in json.loads((run / "eval" / "other-2" / "metrics.json").read_text())
+
+    named = invoke("evaluate", run, "--data-dir", other, "--name", "other")
+    assert named.exit_code == 1
+    assert named.output.strip() == (f"error: {run / 'eval' / 'other'} already holds an evaluation; pass --overwrite "
+                                    "to replace it, or another --name")
+    replaced = invoke("evaluate", run, "--data-dir", other, "--name", "other-2", "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert "test_tta" not in json.loads((run / "eval" / "other-2" / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_macro_f1_leaves_out_classes_with_no_images_as_balanced_accuracy_does(trained_runs, tmp_path):
+    from sklearn.metrics import f1_score
+
+    run = fresh_copy(trained_runs / "custom_cnn", tmp_path / "run")
+    other = labelled_folder(tmp_path / "other", {"angry": 0, "happy": 3})  # no surprise images
+    assert invoke("evaluate", run, "--data-dir", other).exit_code == 0
+    metrics = json.loads((run / "eval" / "other" / "metrics.json").read_text())["test"]
+    predictions = pd.read_csv(run / "eval" / "other" / "predictions.csv")
+    expected = f1_score(predictions["true"], predictions["predicted"], labels=["angry", "happy"], average="macro",
+                        zero_division=0)
+    assert metrics["macro_f1"] == pytest.approx(expected)
+    assert metrics["per_class"]["surprise"]["support"] == 0
+    report = (run / "eval" / "other" / "classification_report.txt").read_text()
+    assert "no true images of surprise: left out of the averages above" in report
+
+
+@pytest.mark.slow
+def test_loading_a_mixed_precision_run_prints_no_keras_warning(fer_folder, tmp_path):
+    import keras
+
+    try:
+        out = invoke("run", REPO / "configs" / "custom_cnn.yaml", "--data-dir", fer_folder, "--results-dir", tmp_path,
+                     "--set", "data.classes=[angry, happy, surprise]", "--set", "train.epochs=1",
+                     "--set", "model.params.filters=[8]", "--set", "runtime.mixed_precision=true")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # process-wide: later tests build float32 models
+    assert out.exit_code == 0, out.output
+    code = ("import warnings; warnings.simplefilter('always'); from fer_bench.inference import load_predictor; "
+            f"load_predictor({str(tmp_path / 'custom_cnn')!r})")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Skipping variable loading" not in done.stderr and "Warning" not in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+def test_annotations_scale_with_the_photo_and_say_when_no_face_was_found(trained_runs, tmp_path):
+    from fer_bench.inference import _annotate
+
+    big = Image.new("RGB", (4000, 3000), (128, 128, 128))
+    face = {"box": [1000, 1000, 800, 800], "emotion": "happy", "top3": [["happy", 0.9], ["angry", 0.05], ["surprise", 0.05]]}
+    labelled = np.asarray(Image.open(_annotate(big, [face], Path("big.png"), tmp_path)))
+    label_rows = np.flatnonzero(((labelled[:1000, 1000:1400] == (255, 64, 64)).all(axis=2)).any(axis=1))
+    assert label_rows.max() - label_rows.min() >= 4000 // 40  # the label box: 2.5% of the photo, not 10 px
+
+    noise = np.random.default_rng(1).integers(0, 255, size=(300, 400), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.jpg")
+    out = invoke("predict", trained_runs / "custom_cnn", tmp_path / "noise.jpg", "--annotate", tmp_path / "out")
+    assert out.exit_code == 0 and "no face found" in out.output
+    annotated = np.asarray(Image.open(tmp_path / "out" / "noise_annotated.png"))
+    assert ((annotated == (255, 64, 64)).all(axis=2)).sum() > 500  # a "no face found" banner, not a bare photo

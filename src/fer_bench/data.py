@@ -21,6 +21,7 @@ import numpy as np
 
 from fer_bench import EMOTIONS
 from fer_bench.config import DataConfig
+from fer_bench.console import ProgressBar
 from fer_bench.errors import ConfigError, DataError
 from fer_bench.registry import Registry
 
@@ -261,6 +262,7 @@ def decode_items(items: list[Item], progress: bool = True) -> tuple[np.ndarray, 
     kept = np.zeros(len(items), dtype=bool)
     skipped: list[tuple[str, str]] = []
     resized = 0
+    bar = ProgressBar(len(items), "decoding") if progress else None
     for i, item in enumerate(items):
         if item.path is not None:
             image, was_resized, reason = _decode_file(item.path)
@@ -272,8 +274,12 @@ def decode_items(items: list[Item], progress: bool = True) -> tuple[np.ndarray, 
             continue
         images[i] = image
         kept[i] = True
-        if progress and (i + 1) % 5000 == 0:
-            print(f"  decoded {i + 1}/{len(items)} images", file=sys.stderr, flush=True)
+        if bar is not None:
+            bar.update(i + 1)
+            if bar.stream is None and (i + 1) % 5000 == 0:
+                print(f"  decoded {i + 1}/{len(items)} images", file=sys.stderr, flush=True)
+    if bar is not None:
+        bar.close()
     return images, kept, skipped, resized
 
 
@@ -433,16 +439,25 @@ def _blank_indices(images: np.ndarray) -> Iterable[int]:
 
 
 
-def parse_class_map(text: str | None, classes: tuple[str, ...]) -> dict[str, str]:
-    """Parse `anger=angry,sadness=sad` into {folder name: class}; every target must be one of `classes`."""
+def parse_class_map(texts: list[str] | str | None, classes: tuple[str, ...]) -> dict[str, str]:
+    """Parse `--map` values (`anger=angry,sadness=sad`, as often as given) into {folder name: class}.
+
+    Every target must be one of `classes`; a folder mapped to two different classes is an error.
+    """
+    if isinstance(texts, str):
+        texts = [texts]
     mapping: dict[str, str] = {}
-    for pair in filter(None, (p.strip() for p in (text or "").split(","))):
+    pairs = [p.strip() for text in texts or [] for p in text.split(",")]
+    for pair in filter(None, pairs):
         source, sep, target = pair.partition("=")
-        if not sep or not source.strip() or not target.strip():
+        source, target = source.strip().lower(), target.strip().lower()
+        if not sep or not source or not target:
             raise ConfigError(f"--map expects FOLDER=CLASS pairs separated by commas; got {pair!r}")
-        if target.strip().lower() not in classes:
-            raise ConfigError(f"--map {pair}: unknown class {target.strip()!r}; the run's classes are {list(classes)}")
-        mapping[source.strip().lower()] = target.strip().lower()
+        if target not in classes:
+            raise ConfigError(f"--map {pair}: unknown class {target!r}; the run's classes are {list(classes)}")
+        if mapping.get(source, target) != target:
+            raise ConfigError(f"--map maps folder {source!r} twice: to {mapping[source]!r} and to {target!r}")
+        mapping[source] = target
     return mapping
 
 
@@ -455,8 +470,14 @@ def load_labelled_folder(root: Path, classes: tuple[str, ...], mapping: dict[str
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data directory not found: {root}")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    folders = {path.parent.name.lower() for path in files}
+    unmatched = sorted(set(mapping) - folders)
+    if unmatched:
+        raise DataError(f"--map {unmatched[0]}={mapping[unmatched[0]]}: no folder of images named {unmatched[0]!r} "
+                        f"under {root} (folders found: {sorted(folders) or 'none'})")
     items, ignored = [], set()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+    for path in files:
         folder = path.parent.name.lower()
         emotion = mapping.get(folder, folder)
         if emotion in classes:

@@ -9,7 +9,11 @@ import numpy as np
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, ...]) -> dict:
-    """Accuracy, macro/weighted F1, balanced accuracy and per-class precision/recall/F1/support."""
+    """Accuracy, macro/weighted F1, balanced accuracy and per-class precision/recall/F1/support.
+
+    Macro-F1 averages over the classes present in `y_true`, as balanced accuracy does: a class
+    with no test images (neutral on a 6-class dataset) has no F1 to count.
+    """
     from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support  # here: compare needs none
 
     labels = list(range(len(classes)))
@@ -20,7 +24,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: tupl
     return {
         "count": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=present_labels(y_true), average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
         "balanced_accuracy": _balanced_accuracy(y_true, y_pred),
         "per_class": {
@@ -28,6 +32,11 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: tupl
             for name, p, r, f, s in zip(classes, precision, recall, f1, support)
         },
     }
+
+
+def present_labels(y_true: np.ndarray) -> list[int]:
+    """The class indices that occur in the true labels: what macro averages run over."""
+    return sorted(int(label) for label in np.unique(y_true))
 
 
 def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -55,8 +64,13 @@ def row_normalise(matrix: np.ndarray) -> np.ndarray:
 def report_text(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, ...]) -> str:
     from sklearn.metrics import classification_report
 
-    return classification_report(y_true, y_pred, labels=list(range(len(classes))), target_names=list(classes),
-                                 digits=4, zero_division=0)
+    present = present_labels(y_true)
+    report = classification_report(y_true, y_pred, labels=present, target_names=[classes[i] for i in present],
+                                   digits=4, zero_division=0)
+    absent = [classes[i] for i in range(len(classes)) if i not in present]
+    if absent:
+        report += f"\nno true images of {', '.join(absent)}: left out of the averages above\n"
+    return report
 
 
 @dataclass
@@ -100,8 +114,9 @@ def bootstrap_scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, n
     support, predicted = matrices.sum(axis=2), matrices.sum(axis=1)
     denominator = support + predicted
     f1 = np.divide(2 * true_positive, denominator, out=np.zeros_like(true_positive), where=denominator > 0)
-    # macro-F1 over all classes, an absent class counting 0, as classification_metrics does
-    return {"accuracy": true_positive.sum(axis=1) / n, "macro_f1": f1.mean(axis=1)}
+    # macro-F1 over the classes present in y_true, as classification_metrics does
+    present = present_labels(y_true)
+    return {"accuracy": true_positive.sum(axis=1) / n, "macro_f1": f1[:, present].mean(axis=1)}
 
 
 def confidence_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:

@@ -116,10 +116,14 @@ def predict_with_tta(predictor: Predictor, images: np.ndarray, mode: str) -> np.
 def _face_detector() -> Any:
     import cv2  # here: only `predict` needs OpenCV
 
-    # The Haar cascade ships inside opencv-python-headless: no download.
-    detector = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))
+    # The Haar cascade ships inside opencv-python-headless: no download. Other OpenCV builds may lack it.
+    folder = getattr(getattr(cv2, "data", None), "haarcascades", None)
+    if folder is None:
+        raise FerBenchError("this OpenCV build ships no Haar cascades (no cv2.data); "
+                            "pip install opencv-python-headless")
+    detector = cv2.CascadeClassifier(str(Path(folder) / "haarcascade_frontalface_default.xml"))
     if detector.empty():
-        raise FerBenchError("OpenCV's frontal-face Haar cascade could not be loaded")
+        raise FerBenchError(f"OpenCV's frontal-face Haar cascade could not be loaded from {folder}")
     return detector
 
 
@@ -186,17 +190,29 @@ def predict_photos(predictor: Predictor, paths: list[Path], annotate_dir: Path |
 
 
 def _annotate(photo: Any, faces: list[dict], path: Path, out_dir: Path) -> Path:
-    from PIL import ImageDraw
+    """Boxes and labels drawn to scale with the photo; a photo with no face says so on it."""
+    from PIL import ImageDraw, ImageFont
 
     draw = ImageDraw.Draw(photo)
-    line = max(2, photo.width // 300)
+    side = max(photo.width, photo.height)
+    line = max(2, side // 300)
+    font = ImageFont.load_default(size=max(12, side // 40))  # about 2.5% of the photo, readable at any size
+    red = (255, 64, 64)
+
+    def label(x: int, y: int, text: str) -> None:
+        left, top, right, bottom = draw.textbbox((x, y), text, font=font)
+        pad = max(2, (bottom - top) // 6)
+        y = max(y - (bottom - top) - 2 * pad, 0)  # above the box, inside the photo
+        box = draw.textbbox((x + pad, y + pad), text, font=font)
+        draw.rectangle([box[0] - pad, box[1] - pad, box[2] + pad, box[3] + pad], fill=red)
+        draw.text((x + pad, y + pad), text, fill=(255, 255, 255), font=font)
+
     for face in faces:
         x, y, w, h = face["box"]
-        draw.rectangle([x, y, x + w, y + h], outline=(255, 64, 64), width=line)
-        label = f"{face['emotion']} {face['top3'][0][1]:.0%}"
-        text_box = draw.textbbox((x, max(y - 14, 0)), label)
-        draw.rectangle(text_box, fill=(255, 64, 64))
-        draw.text((x, max(y - 14, 0)), label, fill=(255, 255, 255))
+        draw.rectangle([x, y, x + w, y + h], outline=red, width=line)
+        label(x, y, f"{face['emotion']} {face['top3'][0][1]:.0%}")
+    if not faces:
+        label(0, photo.height, "no face found")  # drawn at the bottom left
     target = out_dir / f"{path.stem}_annotated.png"
     RunDirectory(out_dir).create().write_image(target.name, photo)
     return target
@@ -204,8 +220,25 @@ def _annotate(photo: Any, faces: list[dict], path: Path, out_dir: Path) -> Path:
 
 # --- cross-dataset evaluation ----------------------------------------------------------------
 
-def evaluate_on_dataset(run_path: Path, data_dir: Path, mapping: str | None = None, tta: str = "none",
-                        name: str | None = None) -> tuple[Path, dict]:
+def evaluation_directory(run_path: Path, name: str | None, default: str, overwrite: bool) -> RunDirectory:
+    """`<run>/eval/<name>/`: an earlier evaluation of that name is kept, never silently replaced.
+
+    A default name that is taken gets a numbered sibling; an explicit one is an error unless `overwrite`.
+    """
+    base = run_path / "eval"
+    wanted = RunDirectory(base / (name or default))
+    if overwrite or not wanted.path.exists():
+        return wanted
+    if name is not None:
+        raise RunError(f"{wanted.path} already holds an evaluation; pass --overwrite to replace it, or another --name")
+    number = 2
+    while (base / f"{default}-{number}").exists():
+        number += 1
+    return RunDirectory(base / f"{default}-{number}")
+
+
+def evaluate_on_dataset(run_path: Path, data_dir: Path, mapping: list[str] | str | None = None, tta: str = "none",
+                        name: str | None = None, overwrite: bool = False) -> tuple[Path, dict]:
     """Score a trained run on another class-per-folder dataset; write `<run>/eval/<name>/`."""
     run_path = Path(run_path)
     if not (run_path / METRICS_FILE).is_file():
@@ -217,8 +250,11 @@ def evaluate_on_dataset(run_path: Path, data_dir: Path, mapping: str | None = No
         print(f"notice: ignored folders the model has no class for: {', '.join(ignored)}", file=sys.stderr)
     for item, reason in skipped:
         print(f"warning: skipped {item}: {reason}", file=sys.stderr)
-    name = name or Path(data_dir).resolve().name
-    out = RunDirectory(run_path / "eval" / name).create()
+    out = evaluation_directory(run_path, name, Path(data_dir).resolve().name, overwrite)
+    name = out.path.name
+    if out.path.exists():
+        out.clear()  # --overwrite: nothing of the earlier evaluation stays to be mistaken for this one
+    out.create()
     out.set_status("running", started=now())
     predictions = {"test": SplitPredictions(split.names, split.labels, predictor.predict_proba(split.images), None)}
     metrics = write_evaluation(out, classes, predictions, f"{run_path.name} on {name}")

@@ -75,7 +75,10 @@ def build_model(exp: Experiment) -> Any:
 
 def load_model(path: Path | str) -> Any:
     """Load a saved `model.keras` in Keras' safe mode (no arbitrary code), with a one-line error on failure."""
-    import keras  # here, not at top: keeps the CLI fast
+    from fer_bench.console import import_keras_quietly
+
+    import_keras_quietly()  # here, not at top: keeps the CLI fast
+    import keras
 
     from fer_bench import layers  # noqa: F401 - registers the custom layers for deserialisation
 
@@ -83,7 +86,9 @@ def load_model(path: Path | str) -> Any:
     if not path.is_file():
         raise FerBenchError(f"model file not found: {path}")
     try:
-        return keras.saving.load_model(path, safe_mode=True)
+        # compile=False: inference needs no optimizer, and restoring one saved under another precision
+        # policy (a mixed-precision GPU run loaded on a CPU) only warns about variables it skips.
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
         raise FerBenchError(f"cannot load {path} as a Keras model ({exc.__class__.__name__})") from None
 
