@@ -88,7 +88,7 @@ def test_results_directory_that_cannot_be_written(tmp_path, fer_folder):
     blocker.write_text("not a folder")
     line = one_error_line(run(REPO / "configs" / "custom_cnn.yaml", "--data-dir", fer_folder,
                               "--results-dir", blocker, *TINY))
-    assert line.startswith(f"error: cannot create run directory {blocker / 'custom_cnn'}: ")
+    assert line.startswith(f"error: cannot create folder {blocker / 'custom_cnn'}: ")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere: a read-only folder only stops other users")
@@ -98,7 +98,7 @@ def test_read_only_results_directory(tmp_path, fer_folder):
     locked.chmod(0o555)
     line = one_error_line(run(REPO / "configs" / "custom_cnn.yaml", "--data-dir", fer_folder,
                               "--results-dir", locked, *TINY))
-    assert "cannot create run directory" in line
+    assert "cannot create folder" in line
 
 
 @pytest.mark.slow
@@ -143,3 +143,29 @@ def test_a_model_file_that_is_not_a_model(tmp_path):
     Image.new("L", (48, 48)).save(tmp_path / "face.png")
     result = runner.invoke(app, ["predict", str(fake), str(tmp_path / "face.png")])
     assert one_error_line(result) == f"error: cannot load {fake} as a Keras model (ValueError)"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('name: "tiny\nmodel: {name: custom_cnn}\ntrain: {epochs: 1}\n',
+     "not valid YAML at line 1: a quoted string opened here is not closed (found unexpected end of stream at line 4)"),
+    ("model:\n  name: [custom_cnn\ntrain:\n  epochs: 1\n",
+     "not valid YAML at line 2: a [ list opened here is not closed (expected ',' or ']', but got ':' at line 3)"),
+    ("model:\n  name: custom_cnn\n train:\n  epochs: 1\n",
+     "not valid YAML at line 3: expected <block end>, but found '<block mapping start>'"),
+])
+def test_a_yaml_error_names_the_line_to_fix(tmp_path, text, message):
+    path = write(tmp_path, text)
+    assert one_error_line(run(path, "--results-dir", tmp_path / "r")) == f"error: {path}: {message}"
+
+
+@pytest.mark.slow
+def test_annotate_pointed_at_a_file(trained_runs, tmp_path):
+    from conftest import synthetic_face
+
+    Image.fromarray(synthetic_face(1, 0, np.random.default_rng(0))).save(tmp_path / "face.png")
+    target = tmp_path / "annotated.png"
+    target.write_text("not a folder")
+    result = runner.invoke(app, ["predict", str(trained_runs / "custom_cnn"), str(tmp_path / "face.png"),
+                                 "--annotate", str(target)])
+    assert one_error_line(result) == f"error: {target} is a file; give a folder"
+    assert target.read_text() == "not a folder"

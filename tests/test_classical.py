@@ -61,20 +61,30 @@ def test_focal_loss_with_gamma_zero_equals_cross_entropy():
     assert float(sharper(y_true, y_pred)) < float(plain(y_true, y_pred))
 
 
+@pytest.mark.parametrize("classes", [CLASSES, ("happy", "sad")], ids=["3-classes", "2-classes"])
 @pytest.mark.parametrize("name", sorted(CLASSIFIERS))
-def test_every_classifier_fits_and_gives_probabilities(name):
+def test_every_classifier_fits_and_gives_probabilities(name, classes):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(30, 48, 48), dtype=np.uint8)
-    labels = np.arange(30) % 3
+    labels = np.arange(30) % len(classes)
     images[labels == 1, :10] = 255
-    exp = from_dict({"data": {"classes": list(CLASSES)}, "model": {"name": name},
+    exp = from_dict({"data": {"classes": list(classes)}, "model": {"name": name},
                      "features": {"extractor": "hog"}})
     from fer_bench.classical import make_pipeline
 
     spec = FeatureSpec("hog", {"hog_cell": 8, "hog_block": 2, "hog_orientations": 9})
-    model = FeatureModel(CLASSES, spec, make_pipeline(exp, 29).fit(extract(images, spec), labels))
+    model = FeatureModel(classes, spec, make_pipeline(exp, 29).fit(extract(images, spec), labels))
     probabilities = model.predict_proba(images)
-    assert probabilities.shape == (30, 3) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    assert probabilities.shape == (30, len(classes)) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    # the most probable class is the classifier's own prediction (two classes: one score per image)
+    assert (probabilities.argmax(axis=1) == model.pipeline.predict(extract(images, spec))).all()
+
+
+def test_hog_svm_runs_on_a_two_class_subset(fer_folder, tmp_path):
+    out = invoke("run", REPO / "configs" / "hog_svm.yaml", "--data-dir", fer_folder, "--results-dir", tmp_path,
+                 "--set", "data.classes=[happy, sad]", "--set", "search.grid={}")
+    assert out.exit_code == 0, out.output
+    check_run(tmp_path / "hog_svm", ("happy", "sad"), model_file="model.joblib")
 
 
 def write_config(tmp_path, text, name="exp"):

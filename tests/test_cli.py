@@ -109,7 +109,10 @@ def test_data_inspect_reports_splits_and_duplicates(tmp_path):
     assert report["split_sizes"] == {"train": 6, "validation": 5, "test": 4}
 
 
-def test_models_lists_the_registry():
+def test_models_lists_deep_models_and_classifiers():
     result = invoke("models")
     assert result.exit_code == 0
-    assert [line.split()[0] for line in result.output.splitlines()] == ["custom_cnn", "mobilenetv2", "resnet50", "vgg16"]
+    names = [line.split()[0] for line in result.output.splitlines() if not line.endswith(":") and "(" not in line[:20]]
+    assert names == ["custom_cnn", "mobilenetv2", "resnet50", "vgg16",
+                     "linear_svm", "logistic_regression", "random_forest", "svm"]
+    assert "features.extractor: cnn | hog | pixels" in result.output

@@ -1,4 +1,9 @@
-"""Every shipped config, end to end, on a tiny stratified subset of the real FER-2013 (synthetic where absent)."""
+"""Every shipped config, end to end, on a tiny stratified subset of the real FER-2013 (synthetic where absent).
+
+The CPU twins under configs/cpu/ run on a two-class subset, so that every deep model family (and the
+CNN-feature SVM) is also proven on `data.classes` other than all seven; test_classical covers every
+classifier on two classes.
+"""
 
 import pytest
 import yaml
@@ -6,20 +11,37 @@ from typer.testing import CliRunner
 
 from fer_bench import EMOTIONS
 from fer_bench.cli import app
+from fer_bench.models import MODELS
 from helpers import check_run
 from conftest import CONFIGS, REPO, tiny_overrides
+
+TWO_CLASSES = ("happy", "sad")
+
+
+def classes_for(config) -> tuple[str, ...]:
+    return TWO_CLASSES if config.parent.name == "cpu" else EMOTIONS
+
+
+def test_two_class_smoke_runs_cover_every_deep_model_family():
+    two_class = [c for c in CONFIGS if classes_for(c) == TWO_CLASSES]
+    families = {yaml.safe_load(c.read_text())["model"]["name"] for c in two_class}
+    assert set(MODELS) <= families
+    assert any((yaml.safe_load(c.read_text()).get("features") or {}).get("extractor") == "cnn" for c in two_class)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(REPO / "configs")) for c in CONFIGS])
 def test_config_runs_end_to_end(config, smoke_data, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # configs name other configs relative to the repository root
+    classes = classes_for(config)
     overrides = [arg for o in tiny_overrides(config) for arg in ("--set", o)]
+    if classes != EMOTIONS:
+        overrides += ["--set", f"data.classes=[{', '.join(classes)}]"]
     result = CliRunner().invoke(app, ["run", str(config), "--data-dir", str(smoke_data),
                                       "--results-dir", str(tmp_path), *overrides])
     assert result.exit_code == 0, result.output
     resolved = yaml.safe_load((tmp_path / config.stem / "config.yaml").read_text())
     model_file = "model.keras" if resolved["features"] is None else "model.joblib"
-    metrics = check_run(tmp_path / config.stem, EMOTIONS, model_file=model_file)
-    assert metrics["test"]["count"] == 7 * (6 if smoke_data.name == "fer2013" else 3)
+    metrics = check_run(tmp_path / config.stem, classes, model_file=model_file)
+    assert metrics["test"]["count"] == len(classes) * (6 if smoke_data.name == "fer2013" else 3)
     assert metrics["protocol"] == "official"

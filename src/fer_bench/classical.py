@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fer_bench.config import Experiment, SearchConfig
+from fer_bench.console import ProgressBar, working
 from fer_bench.data import FerData, cache_dir, stratified_indices
 from fer_bench.errors import ConfigError, FerBenchError, RunError
 from fer_bench.models import FEATURE_LAYER
@@ -127,17 +128,6 @@ class FeatureSpec:
         return digest.hexdigest()[:20]
 
 
-def _progress(done: int, total: int, label: str, step: int) -> None:
-    """A progress bar on a terminal; in a log file, a line at every quarter."""
-    if sys.stderr.isatty():
-        width = 30
-        filled = int(width * done / max(total, 1))
-        end = "\n" if done >= total else ""
-        print(f"\r  {label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end=end, file=sys.stderr, flush=True)
-    elif done >= total or done // max(total // 4, 1) != (done - step) // max(total // 4, 1):
-        print(f"  {label}: {done}/{total}", file=sys.stderr, flush=True)
-
-
 @EXTRACTORS.register("cnn")
 def cnn_features(images: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """The penultimate layer (`features`) of a trained Keras model, in batches."""
@@ -154,10 +144,12 @@ def cnn_features(images: np.ndarray, spec: FeatureSpec) -> np.ndarray:
         spec._keras_model = keras.Model(model.inputs[0], layer.output)
     batch_size = int(spec.settings.get("batch_size", 256))
     parts = []
+    bar = ProgressBar(len(images), "cnn features")
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size].astype(np.float32)[..., None]
         parts.append(np.asarray(spec._keras_model(batch, training=False), dtype=np.float32))
-        _progress(min(start + batch_size, len(images)), len(images), "cnn features", batch_size)
+        bar.update(min(start + batch_size, len(images)))
+    bar.close()
     width = spec._keras_model.output_shape[-1]
     return np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
 
@@ -192,6 +184,7 @@ def cached_features(images: np.ndarray, spec: FeatureSpec, data_fingerprint: str
         if len(features) == len(images):
             print(f"  {split}: {spec.extractor} features from the cache", file=sys.stderr)
             return features
+    print(f"  {split}: {spec.extractor} features of {len(images)} images", file=sys.stderr, flush=True)
     features = extract(images, spec)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -229,7 +222,11 @@ class FeatureModel:
         if self.probability_kind == "predict_proba":
             scores = self.pipeline.predict_proba(features)
         else:
-            scores = _softmax(np.atleast_2d(self.pipeline.decision_function(features)))
+            scores = self.pipeline.decision_function(features)
+            if scores.ndim == 1:
+                # Two classes: one score per image, positive for the second; softmax over (-s/2, s/2) is its sigmoid.
+                scores = np.stack([-scores / 2, scores / 2], axis=1)
+            scores = _softmax(scores)
         full = np.zeros((len(features), len(self.classes)), dtype=np.float32)
         full[:, self.pipeline.classes_] = scores
         return full
@@ -290,9 +287,11 @@ def grid_search(pipeline: Any, search: SearchConfig, train: tuple[np.ndarray, np
         x, y = x_train, y_train
         cv = StratifiedKFold(search.folds, shuffle=True, random_state=seed)
     # refit=False: the final model is fitted on train alone, whatever the selection used.
-    searcher = GridSearchCV(pipeline, grid, scoring=search.scoring, cv=cv, n_jobs=search.n_jobs, refit=False,
-                            verbose=1)
-    searcher.fit(x, y)
+    searcher = GridSearchCV(pipeline, grid, scoring=search.scoring, cv=cv, n_jobs=search.n_jobs, refit=False)
+    settings = int(np.prod([len(v) for v in grid.values()]))
+    folds = cv.get_n_splits(x, y)
+    with working(f"searching {settings} settings x {folds} fold{'s' if folds > 1 else ''} on {len(x)} samples"):
+        searcher.fit(x, y)
     table = pd.DataFrame(searcher.cv_results_).drop(columns=["params"])
     best = {key.removeprefix("classifier__"): value for key, value in searcher.best_params_.items()}
     return SearchResult(best, table, round(time.perf_counter() - start, 2))
@@ -324,9 +323,8 @@ def fit_feature_model(exp: Experiment, data: FerData, source_model: Path | None)
         if search.best_params:
             pipeline.set_params(**{k if "__" in k else f"classifier__{k}": v for k, v in search.best_params.items()})
         tick = time.perf_counter()
-        print(f"  fitting {exp.model.name} on {features['train'].shape[0]} x {features['train'].shape[1]} features",
-              file=sys.stderr, flush=True)
-        pipeline.fit(features["train"], data.train.labels)
+        with working(f"fitting {exp.model.name} on {features['train'].shape[0]} x {features['train'].shape[1]} features"):
+            pipeline.fit(features["train"], data.train.labels)
     except ValueError as exc:
         reason = [line for line in str(exc).strip().splitlines() if line.strip()][-1]
         raise FerBenchError(f"fitting {exp.model.name} failed: {reason}") from None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,11 +40,6 @@ def one_line_errors(command: Callable) -> Callable:
     return wrapper
 
 
-def _quiet_tensorflow() -> None:
-    # TensorFlow's C++ start-up chatter is noise on the console; errors still show.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
 DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="FER-2013 folder or fer2013.csv (overrides data.path)")]
 
 
@@ -62,7 +56,6 @@ def run(
     """Train and evaluate each experiment; write its artifacts under RESULTS_DIR/<name>/."""
     from fer_bench.runner import load_experiment, run_experiment
 
-    _quiet_tensorflow()
     if name and len(configs) > 1:
         fail("--name names one run; drop it to run several configs")
     # Validate every config before the first one trains: a typo in the fifth should not wait an hour.
@@ -116,10 +109,12 @@ def predict(
     tta: Annotated[str, typer.Option("--tta", help="test-time augmentation: none, flip, ten_crop")] = "none",
 ) -> None:
     """Find the faces in ordinary photos and say which emotion each shows."""
+    from fer_bench.artifacts import RunDirectory
     from fer_bench.inference import load_predictor, predict_photos, tta_views
 
-    _quiet_tensorflow()
     tta_views(np.zeros((0, 48, 48), np.uint8), tta)  # checks the mode before the model loads
+    if annotate is not None:
+        RunDirectory(annotate).create()  # a bad --annotate fails now, not after the first photo
     results = predict_photos(load_predictor(model), images, annotate, tta)
     errors = [r for r in results if "error" in r]
     if as_json:
@@ -144,16 +139,21 @@ def predict(
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="a finished run folder")],
     data_dir: Annotated[Path, typer.Option("--data-dir", help="labelled class-per-folder dataset")],
-    mapping: Annotated[Optional[str], typer.Option("--map", help="folder names to classes: anger=angry,sadness=sad")] = None,
+    mapping: Annotated[Optional[list[str]], typer.Option(
+        "--map", help="folder names to classes: anger=angry,sadness=sad (repeatable)")] = None,
     tta: Annotated[str, typer.Option("--tta", help="also score with test-time augmentation: flip, ten_crop")] = "none",
     name: Annotated[Optional[str], typer.Option("--name", help="name of the evaluation (default: the folder's name)")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an earlier evaluation of the same --name")] = False,
 ) -> None:
-    """Score a trained run on another labelled dataset (a cross-dataset test); writes RUN/eval/NAME/."""
+    """Score a trained run on another labelled dataset (a cross-dataset test); writes RUN/eval/NAME/.
+
+    An earlier evaluation is never replaced silently: a default name that is taken gets a numbered
+    sibling (NAME-2), an explicit --name that is taken is an error unless --overwrite.
+    """
     from fer_bench.inference import evaluate_on_dataset, tta_views
 
-    _quiet_tensorflow()
     tta_views(np.zeros((0, 48, 48), np.uint8), tta)
-    path, record = evaluate_on_dataset(run_dir, data_dir, mapping, tta, name)
+    path, record = evaluate_on_dataset(run_dir, data_dir, mapping, tta, name, overwrite)
     test = record["test"]
     typer.echo(f"{record['run']}: {test['count']} images, accuracy {test['accuracy']:.4f}, "
                f"macro-F1 {test['macro_f1']:.4f}, balanced accuracy {test['balanced_accuracy']:.4f}")
@@ -179,13 +179,19 @@ def ensemble(
 
 @app.command()
 def models() -> None:
-    """List the registered models and their parameters."""
+    """List what `model.name` can be: deep models, and classifiers on features (with `features.extractor`)."""
+    from fer_bench.classical import CLASSIFIERS, EXTRACTORS, classifier_params
     from fer_bench.models import BACKBONES, MODELS, model_params
 
+    def show(name: str, kind: str, params: dict) -> None:
+        typer.echo(f"{name:<20} {kind:<24} {', '.join(f'{k}={v!r}' for k, v in params.items())}")
+
+    typer.echo("deep models (Keras):")
     for name in sorted(MODELS):
-        kind = "ImageNet backbone" if name in BACKBONES else "trained from scratch"
-        params = ", ".join(f"{k}={v!r}" for k, v in model_params(name).items())
-        typer.echo(f"{name:<14} {kind:<22} {params}")
+        show(name, "ImageNet backbone" if name in BACKBONES else "trained from scratch", model_params(name))
+    typer.echo(f"classifiers on features (features.extractor: {' | '.join(EXTRACTORS)}):")
+    for name in sorted(CLASSIFIERS):
+        show(name, "scikit-learn", classifier_params(name))
 
 
 @data_app.command("download")

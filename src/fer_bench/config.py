@@ -351,14 +351,28 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
+        raise ConfigError(f"{path}: not valid YAML{_yaml_error_place(exc)}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections; got {type(raw).__name__}")
     return raw
+
+
+# Constructs that PyYAML reports where the file ends, though the mistake is where they were opened.
+UNCLOSED = {"quoted scalar": "a quoted string", "flow sequence": "a [ list", "flow mapping": "a { mapping"}
+
+
+def _yaml_error_place(exc: yaml.YAMLError) -> str:
+    """' at line N: what is wrong', pointing at the line to fix."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    context, opened = getattr(exc, "context", None) or "", getattr(exc, "context_mark", None)
+    if mark is None:
+        return ""
+    unclosed = next((name for key, name in UNCLOSED.items() if key in context), None)
+    if unclosed and opened is not None and opened.line != mark.line:
+        return f" at line {opened.line + 1}: {unclosed} opened here is not closed ({problem} at line {mark.line + 1})"
+    return f" at line {mark.line + 1}: {problem}"
 
 
 def from_dict(raw: dict[str, Any]) -> Experiment:
