@@ -57,6 +57,8 @@ def check_run(path: Path, classes: tuple[str, ...], model_file: str | None = "mo
     assert config["name"] == path.name
     environment = json.loads((path / "environment.json").read_text())
     assert {"python", "packages", "started", "finished"} <= set(environment)
+    if model_file == "model.keras":
+        assert environment["keras_backend"] in ("tensorflow", "jax", "torch")
     if model_file:
         assert "log.txt" in {p.name for p in path.iterdir()}
         assert environment["data"]["fingerprint"] == metrics["data_fingerprint"]

@@ -235,7 +235,14 @@ def environment_record() -> dict:
         "packages": package_versions(),
         "git_commit": git_commit(),
         "command": " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv)),
+        "keras_backend": keras_backend(),
     }
+
+
+def keras_backend() -> str | None:
+    """The Keras backend this process runs on (tensorflow, jax, torch), or None where Keras was never loaded."""
+    keras = sys.modules.get("keras")
+    return keras.backend.backend() if keras is not None else None
 
 
 def prediction_table(predictions: dict[str, SplitPredictions], classes: tuple[str, ...]) -> Any:

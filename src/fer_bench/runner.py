@@ -16,7 +16,7 @@ from typing import Any, TextIO
 import numpy as np
 
 
-from fer_bench.artifacts import METRICS_FILE, RunDirectory, environment_record, now, write_evaluation
+from fer_bench.artifacts import METRICS_FILE, RunDirectory, environment_record, keras_backend, now, write_evaluation
 from fer_bench.config import Experiment, load_config, to_dict
 from fer_bench.data import FerData, load_data
 from fer_bench.errors import ConfigError, FerBenchError, RunError
@@ -220,6 +220,9 @@ def _train_keras(exp: Experiment, data: FerData, run: RunDirectory, data_dir: st
     from fer_bench.train import configure_runtime, train_model
 
     runtime = configure_runtime(exp.runtime, exp.train.seed, exp.train.deterministic)
+    print(f"runtime: Keras on {keras_backend()}, {', '.join(runtime.devices)}, "
+          f"mixed precision {'on' if runtime.mixed_precision else 'off'}, XLA {'on' if runtime.jit_compile else 'off'}",
+          file=sys.stderr, flush=True)
     result = train_model(exp, data, runtime, checkpoint_dir=run.file(CHECKPOINT_DIR))
     run.save_model(result.model)
     run.write_table("history.csv", pd.DataFrame(result.history))
