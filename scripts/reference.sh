@@ -20,5 +20,9 @@ for backbone in mobilenetv2 resnet50 vgg16; do
 done
 fer-bench ensemble "$out/cpu-tuned_cnn" "$out/cpu-svm_tuned_cnn_features" "$out/cpu-hog_svm" \
   --name ensemble-tuned-cnn-svm-hog
+# The model that ships inside the package: the same recipe, trained again (run files are not committed).
+run configs/cpu/tuned_cnn.yaml --name cpu-tuned_cnn-shipped
+python scripts/ship_model.py "$out/cpu-tuned_cnn-shipped"
+python scripts/detectors.py --data-dir "$data" --model src/fer_bench/shipped --out results/benchmark
 fer-bench compare "$out"
 # README's reference tables are this script's output: python scripts/reference_section.py

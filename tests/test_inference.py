@@ -71,17 +71,54 @@ def test_predict_needs_class_names_for_a_bare_model(trained_runs, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (REAL_DATA / "test").is_dir(), reason="needs ../shared/fer2013 for a real face")
-def test_predict_finds_a_face_in_a_larger_photo(trained_runs, tmp_path):
-    face = Image.open(REAL_DATA / "test" / "happy" / "PrivateTest_10077120.jpg").convert("L").resize((192, 192))
+@pytest.mark.parametrize("detector", ["mtcnn", "haar"])
+def test_predict_finds_a_face_in_a_larger_photo_and_crops_it_as_in_training(trained_runs, tmp_path, detector):
+    from fer_bench.faces import FRAMING, faces_in, load_detector
+
+    stored = Image.open(REAL_DATA / "test" / "happy" / "PrivateTest_10077120.jpg").convert("L")
     photo = Image.new("RGB", (480, 360), (128, 128, 128))
-    photo.paste(face, (140, 80))
-    photo.save(tmp_path / "photo.jpg")
-    out = invoke("predict", trained_runs / "custom_cnn", tmp_path / "photo.jpg", "--json")
+    photo.paste(stored.resize((192, 192), Image.BICUBIC), (140, 80))
+    photo.save(tmp_path / "photo.png")
+    out = invoke("predict", trained_runs / "custom_cnn", tmp_path / "photo.png", "--json", "--detector", detector)
     assert out.exit_code == 0, out.output
     (result,) = json.loads(out.stdout)
     assert len(result["faces"]) == 1
     x, y, w, h = result["faces"][0]["box"]
-    assert 120 < x < 180 and 60 < y < 120 and 140 < w < 230
+    assert 120 < x < 200 and 60 < y < 120 and 140 < w < 230
+    # framed like FER-2013: the crop covers the pasted face square closely, more closely than the raw box
+    boxes, crops = faces_in(np.asarray(photo), load_detector(detector), detector)
+    assert crops.shape == (1, 48, 48) and crops.dtype == np.uint8
+    left, top, side = FRAMING[detector].square(boxes[0])
+    framed = overlap((left, top, side, side), (140, 80, 192, 192))
+    assert framed > 0.8 and framed >= overlap(boxes[0], (140, 80, 192, 192)), framed
+
+
+def overlap(a, b):
+    """Intersection over union of two (x, y, w, h) boxes."""
+    across = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    down = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return across * down / (a[2] * a[3] + b[2] * b[3] - across * down)
+
+
+def test_an_unknown_detector_is_one_line(trained_runs, tmp_path):
+    out = invoke("predict", trained_runs / "custom_cnn", tmp_path, "--detector", "yolo")
+    assert out.exit_code == 1 and out.output.strip() == "error: --detector must be one of ['haar', 'mtcnn']; got 'yolo'"
+
+
+def test_a_crop_reaching_past_the_border_is_padded():
+    from fer_bench.faces import crop_face
+
+    grey = np.full((100, 100), 90, np.uint8)
+    crop = crop_face(grey, (-10, 70, 60, 60), "mtcnn")
+    assert crop.shape == (48, 48) and crop.dtype == np.uint8 and (crop == 90).all()
+
+
+def test_the_framing_in_use_is_the_committed_measurement():
+    from fer_bench.faces import FRAMING
+
+    measured = json.loads((REPO / "results" / "benchmark" / "detectors.json").read_text())["detectors"]
+    assert {name: framing.__dict__ for name, framing in FRAMING.items()} == {
+        name: entry["framing"] for name, entry in measured.items()}
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import numpy as np
 import typer
 
 from fer_bench.errors import FerBenchError
+from fer_bench.faces import DEFAULT_DETECTOR
 
 app = typer.Typer(help="Train, evaluate and compare facial-expression-recognition models on FER-2013.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -102,20 +103,28 @@ def compare(
 @app.command()
 @one_line_errors
 def predict(
-    model: Annotated[Path, typer.Argument(help="a run folder or a model file")],
-    images: Annotated[list[Path], typer.Argument(help="photos or folders of photos")],
+    arguments: Annotated[list[Path], typer.Argument(
+        metavar="[RUN] PHOTOS...", help="a run folder or model file (default: the shipped model), then photos or folders")],
     annotate: Annotated[Optional[Path], typer.Option("--annotate", help="save each photo with boxes and labels here")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     tta: Annotated[str, typer.Option("--tta", help="test-time augmentation: none, flip, ten_crop")] = "none",
+    detector: Annotated[str, typer.Option(
+        "--detector", help="mtcnn (finds more faces) or haar (about 4x faster)")] = DEFAULT_DETECTOR,
 ) -> None:
     """Find the faces in ordinary photos and say which emotion each shows."""
     from fer_bench.artifacts import RunDirectory
-    from fer_bench.inference import load_predictor, predict_photos, tta_views
+    from fer_bench.faces import DETECTORS
+    from fer_bench.inference import SHIPPED_MODEL, is_model_source, load_predictor, predict_photos, tta_views
 
+    model, images = (arguments[0], arguments[1:]) if is_model_source(arguments[0]) else (SHIPPED_MODEL, arguments)
+    if not images:
+        fail(f"no photos given after the model {model}")
     tta_views(np.zeros((0, 48, 48), np.uint8), tta)  # checks the mode before the model loads
+    if detector not in DETECTORS:
+        fail(f"--detector must be one of {sorted(DETECTORS)}; got {detector!r}")
     if annotate is not None:
         RunDirectory(annotate).create()  # a bad --annotate fails now, not after the first photo
-    results = predict_photos(load_predictor(model), images, annotate, tta)
+    results = predict_photos(load_predictor(model), images, annotate, tta, detector)
     errors = [r for r in results if "error" in r]
     if as_json:
         typer.echo(json.dumps(results, indent=2))
@@ -137,23 +146,27 @@ def predict(
 @app.command()
 @one_line_errors
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(metavar="RUN", help="a finished run folder")],
-    data_dir: Annotated[Path, typer.Option("--data-dir", help="labelled class-per-folder dataset")],
+    run_dir: Annotated[Optional[Path], typer.Argument(
+        metavar="[RUN]", help="a finished run folder (default: the shipped model)")] = None,
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="labelled class-per-folder dataset")] = ...,
     mapping: Annotated[Optional[list[str]], typer.Option(
         "--map", help="folder names to classes: anger=angry,sadness=sad (repeatable)")] = None,
     tta: Annotated[str, typer.Option("--tta", help="also score with test-time augmentation: flip, ten_crop")] = "none",
     name: Annotated[Optional[str], typer.Option("--name", help="name of the evaluation (default: the folder's name)")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an earlier evaluation of the same --name")] = False,
+    results_dir: Annotated[Path, typer.Option(
+        "--results-dir", help="without RUN: the shipped model's evaluations go to RESULTS_DIR/shipped/eval/")] = Path("results"),
 ) -> None:
     """Score a trained run on another labelled dataset (a cross-dataset test); writes RUN/eval/NAME/.
 
     An earlier evaluation is never replaced silently: a default name that is taken gets a numbered
     sibling (NAME-2), an explicit --name that is taken is an error unless --overwrite.
     """
-    from fer_bench.inference import evaluate_on_dataset, tta_views
+    from fer_bench.inference import SHIPPED_MODEL, evaluate_on_dataset, tta_views
 
     tta_views(np.zeros((0, 48, 48), np.uint8), tta)
-    path, record = evaluate_on_dataset(run_dir, data_dir, mapping, tta, name, overwrite)
+    eval_root = results_dir / "shipped" / "eval" if run_dir is None else None
+    path, record = evaluate_on_dataset(run_dir or SHIPPED_MODEL, data_dir, mapping, tta, name, overwrite, eval_root)
     test = record["test"]
     typer.echo(f"{record['run']}: {test['count']} images, accuracy {test['accuracy']:.4f}, "
                f"macro-F1 {test['macro_f1']:.4f}, balanced accuracy {test['balanced_accuracy']:.4f}")

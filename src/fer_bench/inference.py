@@ -18,9 +18,12 @@ from fer_bench.artifacts import METRICS_FILE, RunDirectory, environment_record, 
 from fer_bench.data import IMAGE_SIDE, IMAGE_SUFFIXES, load_labelled_folder, parse_class_map
 from fer_bench.errors import FerBenchError, RunError
 from fer_bench.evaluate import SplitPredictions
+from fer_bench.faces import DEFAULT_DETECTOR, faces_in, load_detector
 
 CROP_SIDE = 42  # ten-crop takes 42x42 of the 48x48 face, about 88% of its side
-SMALL_IMAGE = 64  # an image this small is taken to be a face crop already
+# The model that ships inside the package, laid out as a run folder (model.keras, metrics.json,
+# config.yaml): `predict` and `evaluate` use it when no run is given. README says how it was trained.
+SHIPPED_MODEL = Path(__file__).resolve().parent / "shipped"
 
 
 @dataclass
@@ -62,6 +65,20 @@ PREDICTOR_LOADERS: dict[str, Callable[[Path, tuple[str, ...] | None], Predictor]
     "model.keras": _load_keras,
     "model.joblib": _load_joblib,
 }
+
+
+def is_model_source(path: Path) -> bool:
+    """Whether a path names a model (a run folder or a model file) rather than photos.
+
+    A path that does not exist counts as a model unless it looks like an image, so that a mistyped
+    run folder is reported as such instead of as a missing photo.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return any((path / name).is_file() for name in PREDICTOR_LOADERS) or (path / METRICS_FILE).is_file()
+    if path.is_file():
+        return path.suffix in {Path(name).suffix for name in PREDICTOR_LOADERS}
+    return path.suffix.lower() not in IMAGE_SUFFIXES
 
 
 def load_predictor(run_or_model: Path | str) -> Predictor:
@@ -113,20 +130,6 @@ def predict_with_tta(predictor: Predictor, images: np.ndarray, mode: str) -> np.
 
 # --- faces in photos -------------------------------------------------------------------------
 
-def _face_detector() -> Any:
-    import cv2  # here: only `predict` needs OpenCV
-
-    # The Haar cascade ships inside opencv-python-headless: no download. Other OpenCV builds may lack it.
-    folder = getattr(getattr(cv2, "data", None), "haarcascades", None)
-    if folder is None:
-        raise FerBenchError("this OpenCV build ships no Haar cascades (no cv2.data); "
-                            "pip install opencv-python-headless")
-    detector = cv2.CascadeClassifier(str(Path(folder) / "haarcascade_frontalface_default.xml"))
-    if detector.empty():
-        raise FerBenchError(f"OpenCV's frontal-face Haar cascade could not be loaded from {folder}")
-    return detector
-
-
 def image_files(paths: list[Path]) -> list[Path]:
     """The given files, and the image files directly inside the given directories."""
     files = []
@@ -138,29 +141,12 @@ def image_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def find_faces(grey: np.ndarray, detector: Any) -> list[tuple[int, int, int, int]]:
-    """Face boxes (x, y, w, h), largest first; a small image is one face filling the frame."""
-    height, width = grey.shape
-    if max(height, width) <= SMALL_IMAGE:
-        return [(0, 0, width, height)]
-    boxes = detector.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(30, 30))
-    return sorted((tuple(int(v) for v in box) for box in boxes), key=lambda b: -b[2] * b[3])
-
-
-def crop_face(grey: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    from PIL import Image
-
-    x, y, w, h = box
-    face = Image.fromarray(grey[y:y + h, x:x + w])
-    return np.asarray(face.resize((IMAGE_SIDE, IMAGE_SIDE), Image.BILINEAR), dtype=np.uint8)
-
-
 def predict_photos(predictor: Predictor, paths: list[Path], annotate_dir: Path | None = None,
-                   tta: str = "none") -> list[dict]:
+                   tta: str = "none", detector: str = DEFAULT_DETECTOR) -> list[dict]:
     """Per image: its faces with emotion and top-3 probabilities, or the error that stopped it."""
     from PIL import Image, UnidentifiedImageError
 
-    detector = _face_detector()
+    detect = load_detector(detector)
     results = []
     for path in image_files(paths):
         try:
@@ -172,11 +158,9 @@ def predict_photos(predictor: Predictor, paths: list[Path], annotate_dir: Path |
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
             results.append({"image": str(path), "error": "not a readable image"})
             continue
-        grey = np.asarray(photo.convert("L"))
-        boxes = find_faces(grey, detector)
+        boxes, crops = faces_in(np.asarray(photo), detect, detector)
         faces = []
         if boxes:
-            crops = np.stack([crop_face(grey, box) for box in boxes])
             probabilities = predict_with_tta(predictor, crops, tta)
             for box, probs in zip(boxes, probabilities):
                 top = np.argsort(probs)[::-1][:3]
@@ -220,12 +204,11 @@ def _annotate(photo: Any, faces: list[dict], path: Path, out_dir: Path) -> Path:
 
 # --- cross-dataset evaluation ----------------------------------------------------------------
 
-def evaluation_directory(run_path: Path, name: str | None, default: str, overwrite: bool) -> RunDirectory:
-    """`<run>/eval/<name>/`: an earlier evaluation of that name is kept, never silently replaced.
+def evaluation_directory(base: Path, name: str | None, default: str, overwrite: bool) -> RunDirectory:
+    """`<base>/<name>/`: an earlier evaluation of that name is kept, never silently replaced.
 
     A default name that is taken gets a numbered sibling; an explicit one is an error unless `overwrite`.
     """
-    base = run_path / "eval"
     wanted = RunDirectory(base / (name or default))
     if overwrite or not wanted.path.exists():
         return wanted
@@ -238,8 +221,13 @@ def evaluation_directory(run_path: Path, name: str | None, default: str, overwri
 
 
 def evaluate_on_dataset(run_path: Path, data_dir: Path, mapping: list[str] | str | None = None, tta: str = "none",
-                        name: str | None = None, overwrite: bool = False) -> tuple[Path, dict]:
-    """Score a trained run on another class-per-folder dataset; write `<run>/eval/<name>/`."""
+                        name: str | None = None, overwrite: bool = False,
+                        eval_root: Path | None = None) -> tuple[Path, dict]:
+    """Score a trained run on another class-per-folder dataset; write `<eval_root>/<name>/`.
+
+    `eval_root` defaults to `<run>/eval`; the shipped model, which lives inside the installed
+    package, is evaluated into a folder of the caller's choosing.
+    """
     run_path = Path(run_path)
     if not (run_path / METRICS_FILE).is_file():
         raise RunError(f"{run_path} is not a finished run (no {METRICS_FILE})")
@@ -250,7 +238,8 @@ def evaluate_on_dataset(run_path: Path, data_dir: Path, mapping: list[str] | str
         print(f"notice: ignored folders the model has no class for: {', '.join(ignored)}", file=sys.stderr)
     for item, reason in skipped:
         print(f"warning: skipped {item}: {reason}", file=sys.stderr)
-    out = evaluation_directory(run_path, name, Path(data_dir).resolve().name, overwrite)
+    out = evaluation_directory(Path(eval_root) if eval_root else run_path / "eval", name, Path(data_dir).resolve().name,
+                               overwrite)
     name = out.path.name
     if out.path.exists():
         out.clear()  # --overwrite: nothing of the earlier evaluation stays to be mistaken for this one

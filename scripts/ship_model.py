@@ -1,0 +1,37 @@
+"""Make a finished Keras run the model that ships inside the package (src/fer_bench/shipped/).
+
+The model is saved without its optimizer state (inference needs none: about a third of the size),
+beside the run's metrics.json, config.yaml and environment.json, so that the shipped folder is a
+run folder that `predict` and `evaluate` read like any other and that says how it was made.
+
+Usage: python scripts/ship_model.py results/reference/RUN
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from fer_bench.inference import SHIPPED_MODEL
+from fer_bench.models import load_model
+
+PROVENANCE = ("metrics.json", "config.yaml", "environment.json")
+
+
+def ship(run: Path) -> Path:
+    if not (run / "model.keras").is_file():
+        sys.exit(f"error: {run} holds no model.keras (model files are not committed: train the run first)")
+    SHIPPED_MODEL.mkdir(exist_ok=True)
+    load_model(run / "model.keras").save(SHIPPED_MODEL / "model.keras")
+    for name in PROVENANCE:
+        shutil.copyfile(run / name, SHIPPED_MODEL / name)
+    return SHIPPED_MODEL
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__.strip().splitlines()[-1])
+    folder = ship(Path(sys.argv[1]))
+    size = (folder / "model.keras").stat().st_size / 1e6
+    print(f"shipped {sys.argv[1]} -> {folder} (model.keras {size:.1f} MB)")
