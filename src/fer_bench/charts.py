@@ -78,7 +78,7 @@ def _honest_y_range(ax: plt.Axes) -> None:
         ax.set_ylim(middle - least / 2, middle + least / 2)
 
 
-def _wrap(name: str, width: int = 34) -> str:
+def _wrap(name: str, width: int = 40) -> str:
     """A run name in full, broken after '/', '-' or '_' into lines of about `width` characters."""
     lines, line = [], ""
     for token in re.split(r"(?<=[/_-])", name):
