@@ -70,10 +70,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from fer_bench.console import import_keras_quietly
+    from fer_bench.backends import import_keras
     from fer_bench.faces import DETECTORS, FRAMING, Framing, crop_face
 
-    import_keras_quietly()
+    import_keras()
     faces, labels, names = sample(args.data_dir, args.per_class, args.seed)
     rng = np.random.default_rng(args.seed)
     photos = [photo(face, rng) for face in faces]

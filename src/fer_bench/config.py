@@ -103,7 +103,8 @@ class TrainConfig:
                            "per epoch, every class as often as the largest (oversample) or smallest (undersample)")
     class_weight: str | dict[str, float] = _field("none", doc="none | balanced | {emotion: weight}")
     seed: int = _field(42, Interval(0), "seeds Python, NumPy, TensorFlow, splits, shuffling, augmentation")
-    deterministic: bool = _field(False, doc="TensorFlow op determinism: reproducible, somewhat slower")
+    deterministic: bool = _field(False, doc="op determinism (TensorFlow's, or XLA's deterministic GPU ops on jax): "
+                                                "reproducible, somewhat slower")
 
 
 @dataclass(frozen=True)
@@ -159,12 +160,18 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    mixed_precision: bool | str = _field(AUTO, doc="auto (on with a GPU) | true | false")
-    jit_compile: bool | str = _field(AUTO, doc="auto (on with a GPU) | true | false")
+    backend: str = _field(AUTO, Options((AUTO, "tensorflow", "jax")),
+                          "Keras backend; auto = KERAS_BACKEND, else Keras' default (tensorflow)")
+    mixed_precision: bool | str = _field(AUTO, doc="auto (on with a GPU or TPU) | true | false")
+    jit_compile: bool | str = _field(AUTO, doc="XLA; auto = on with a GPU, and always on jax | true | false")
     distribution: str = _field(AUTO, Options((AUTO, "none", "mirrored", "multi_worker")),
-                               "auto picks MirroredStrategy when there are several GPUs; multi_worker reads TF_CONFIG")
+                               "mirrored: a model copy per device (TensorFlow MirroredStrategy, keras.distribution "
+                               "DataParallel on jax), auto when there are several; multi_worker (tensorflow) reads TF_CONFIG")
+    steps_per_execution: int | str = _field(AUTO, doc="training steps per call into the device; auto = 1 on a CPU, "
+                                                      "16 on a GPU or TPU, where per-step dispatch dominates a small model")
     cpu_devices: int | None = _field(None, Interval(2, 64),
-                                     "split the CPU into this many logical devices (to try distribution without GPUs)")
+                                     "split the CPU into this many devices (TensorFlow logical devices, XLA host devices "
+                                     "on jax), to try distribution without GPUs")
 
 
 @dataclass(frozen=True)
@@ -303,6 +310,9 @@ def _check_semantics(exp: Experiment) -> None:
         value = getattr(exp.runtime, key)
         if isinstance(value, str) and value != AUTO:
             raise ConfigError(f"runtime.{key} must be one of ['auto', true, false]; got {value!r}")
+    steps = exp.runtime.steps_per_execution
+    if (isinstance(steps, str) and steps != AUTO) or (isinstance(steps, int) and steps < 1):
+        raise ConfigError(f"runtime.steps_per_execution must be 'auto' or a whole number >= 1; got {steps!r}")
 
 
 # --- loading ----------------------------------------------------------------------------------

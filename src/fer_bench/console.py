@@ -63,15 +63,6 @@ def native_stderr_filtered(noise: tuple[str, ...] = STARTUP_NOISE) -> Iterator[N
                 sys.stderr.flush()
 
 
-def import_keras_quietly() -> None:
-    """Import Keras and its backend once, without TensorFlow's start-up banner; real errors still show."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "keras" in sys.modules:
-        return
-    with native_stderr_filtered():
-        import keras  # noqa: F401
-
-
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

@@ -54,9 +54,9 @@ def register(name: str, framing: Framing) -> Callable:
 @register("mtcnn", Framing(scale=0.95, shift_x=0.01, shift_y=-0.009))
 def mtcnn_detector() -> Callable[[np.ndarray], list[Box]]:
     """MTCNN (the `mtcnn` package, weights inside its wheel, on TensorFlow): finds more faces than Haar, slower."""
-    from fer_bench.console import import_keras_quietly
+    from fer_bench.backends import import_keras
 
-    import_keras_quietly()
+    import_keras()
     try:
         from mtcnn import MTCNN
     except ImportError as exc:

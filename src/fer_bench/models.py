@@ -75,11 +75,9 @@ def build_model(exp: Experiment) -> Any:
 
 def load_model(path: Path | str) -> Any:
     """Load a saved `model.keras` in Keras' safe mode (no arbitrary code), with a one-line error on failure."""
-    from fer_bench.console import import_keras_quietly
+    from fer_bench.backends import import_keras
 
-    import_keras_quietly()  # here, not at top: keeps the CLI fast
-    import keras
-
+    keras = import_keras()  # here, not at top: keeps the CLI fast
     from fer_bench import layers  # noqa: F401 - registers the custom layers for deserialisation
 
     path = Path(path)

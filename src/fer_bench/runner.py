@@ -16,7 +16,7 @@ from typing import Any, TextIO
 import numpy as np
 
 
-from fer_bench.artifacts import METRICS_FILE, RunDirectory, environment_record, keras_backend, now, write_evaluation
+from fer_bench.artifacts import METRICS_FILE, RunDirectory, environment_record, now, write_evaluation
 from fer_bench.config import Experiment, load_config, to_dict
 from fer_bench.data import FerData, load_data
 from fer_bench.errors import ConfigError, FerBenchError, RunError
@@ -139,6 +139,9 @@ def summary_lines(name: str, exp: Experiment, data: FerData, metrics: dict, best
 def run_experiment(exp: Experiment, data_dir: str | Path | None = None, results_dir: str | Path = "results",
                    name: str | None = None, restart: bool = False) -> Path:
     """Train and evaluate one experiment; return its finished run directory."""
+    from fer_bench.backends import activate
+
+    activate(exp.runtime, exp.train.deterministic)  # before Keras starts, and before any folder is made
     run = choose_run_directory(Path(results_dir), name or exp.name or "run", name is not None, restart)
     try:
         return _run_locked(exp, run, data_dir, restart)
@@ -220,9 +223,7 @@ def _train_keras(exp: Experiment, data: FerData, run: RunDirectory, data_dir: st
     from fer_bench.train import configure_runtime, train_model
 
     runtime = configure_runtime(exp.runtime, exp.train.seed, exp.train.deterministic)
-    print(f"runtime: Keras on {keras_backend()}, {', '.join(runtime.devices)}, "
-          f"mixed precision {'on' if runtime.mixed_precision else 'off'}, XLA {'on' if runtime.jit_compile else 'off'}",
-          file=sys.stderr, flush=True)
+    print(runtime.describe(), file=sys.stderr, flush=True)
     result = train_model(exp, data, runtime, checkpoint_dir=run.file(CHECKPOINT_DIR))
     run.save_model(result.model)
     run.write_table("history.csv", pd.DataFrame(result.history))

@@ -1,0 +1,249 @@
+"""The Keras backends fer-bench trains on, each asked about its own devices.
+
+Keras 3 fixes its backend at its first import, from `KERAS_BACKEND` (else ~/.keras/keras.json,
+else TensorFlow). `activate` settles the choice (the config's `runtime.backend`, else the
+environment) before that import, and sets what each backend must read from the environment
+before it starts (JAX's XLA flags). tf.data feeds every backend, so TensorFlow's CPU build is
+always installed; the backend is what runs the model.
+
+Adding a backend is one class with the methods of `TensorFlowBackend` and one registry entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fer_bench.config import AUTO, RuntimeConfig
+from fer_bench.errors import ConfigError, FerBenchError
+
+
+@dataclass
+class Distribution:
+    """How one model is spread over devices: the scope to build, compile and fit it in, and its replicas."""
+
+    kind: str
+    replicas: int
+    scope: Any  # () -> context manager
+
+
+class TensorFlowBackend:
+    name = "tensorflow"
+
+    def prepare(self, runtime: RuntimeConfig, deterministic: bool) -> None:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    def start(self, runtime: RuntimeConfig, deterministic: bool) -> None:
+        import tensorflow as tf
+
+        if runtime.cpu_devices:
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            wanted = [tf.config.LogicalDeviceConfiguration() for _ in range(runtime.cpu_devices)]
+            try:
+                tf.config.set_logical_device_configuration(cpu, wanted)
+            except RuntimeError:
+                # TensorFlow fixes its devices once it has started: a later run in the same process keeps them.
+                if len(tf.config.list_logical_devices("CPU")) != runtime.cpu_devices:
+                    raise FerBenchError("runtime.cpu_devices can only be set for the first run of a process") from None
+        if deterministic:
+            # Process-wide and one-way in TensorFlow: later runs in the same process stay deterministic.
+            tf.config.experimental.enable_op_determinism()
+
+    def accelerators(self) -> list[dict]:
+        import tensorflow as tf
+
+        found = []
+        for gpu in tf.config.list_physical_devices("GPU"):
+            details = tf.config.experimental.get_device_details(gpu)
+            found.append({"device": gpu.name, "name": details.get("device_name", "GPU"),
+                          "compute_capability": ".".join(map(str, details.get("compute_capability", ())) or None)})
+        return found
+
+    def devices(self) -> list[str]:
+        import tensorflow as tf
+
+        # Without GPUs, a mirrored strategy mirrors over the logical CPUs (see runtime.cpu_devices).
+        return [d.name for d in tf.config.list_logical_devices("GPU")] or [
+            d.name for d in tf.config.list_logical_devices("CPU")]
+
+    def xla_by_default(self, accelerated: bool) -> bool:
+        return accelerated  # TensorFlow's own graphs are fast on a CPU; XLA pays off on a GPU
+
+    def distribute(self, kind: str, devices: list[str]) -> Distribution:
+        import tensorflow as tf
+
+        strategies = {
+            "none": tf.distribute.get_strategy,
+            "mirrored": lambda: tf.distribute.MirroredStrategy(devices=devices),
+            "multi_worker": tf.distribute.MultiWorkerMirroredStrategy,
+        }
+        strategy = strategies[kind]()
+        return Distribution(kind, strategy.num_replicas_in_sync, strategy.scope)
+
+    def build(self) -> dict:
+        import tensorflow as tf
+
+        info = tf.sysconfig.get_build_info()
+        return {"tensorflow": tf.__version__, "cuda_build": info.get("cuda_version"), "cudnn_build": info.get("cudnn_version")}
+
+
+class JaxBackend:
+    name = "jax"
+
+    def prepare(self, runtime: RuntimeConfig, deterministic: bool) -> None:
+        if "jax" in sys.modules:
+            return  # started already: XLA has read its flags
+        flags = os.environ.get("XLA_FLAGS", "").split()
+        if runtime.cpu_devices:
+            flags.append(f"--xla_force_host_platform_device_count={runtime.cpu_devices}")
+        if deterministic:
+            flags.append("--xla_gpu_deterministic_ops=true")
+        os.environ["XLA_FLAGS"] = " ".join(flags)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow still serves tf.data
+
+    def start(self, runtime: RuntimeConfig, deterministic: bool) -> None:
+        import jax
+
+        if runtime.cpu_devices and len(jax.devices()) != runtime.cpu_devices and jax.default_backend() == "cpu":
+            raise FerBenchError("runtime.cpu_devices can only be set for the first run of a process")
+        # Compiled programs are kept on disk, so a resumed or repeated run skips XLA compilation.
+        if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+            from fer_bench.data import cache_dir
+
+            jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax-compilation"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+    def accelerators(self) -> list[dict]:
+        import jax
+
+        found = []
+        for device in jax.devices():
+            if device.platform == "cpu":
+                continue
+            entry = {"device": f"{device.platform}:{device.id}", "name": device.device_kind}
+            with contextlib.suppress(Exception):  # not every platform reports memory
+                entry["memory_gib"] = round(device.memory_stats()["bytes_limit"] / 2**30, 1)
+            found.append(entry)
+        return found
+
+    def devices(self) -> list[str]:
+        import jax
+
+        return [f"{d.platform}:{d.id}" for d in jax.devices()]
+
+    def xla_by_default(self, accelerated: bool) -> bool:
+        return True  # JAX runs compiled or, op by op, very slowly: Keras compiles on JAX unless told not to
+
+    def distribute(self, kind: str, devices: list[str]) -> Distribution:
+        if kind == "none":
+            return Distribution(kind, 1, contextlib.nullcontext)
+        if kind == "multi_worker":
+            raise ConfigError("runtime.distribution multi_worker needs the tensorflow backend; on jax use mirrored")
+        import jax
+        import keras
+
+        # Keras' own data parallelism: the model replicated on every device, each batch split between them.
+        parallel = keras.distribution.DataParallel(devices=jax.devices())
+        return Distribution(kind, len(jax.devices()), parallel.scope)
+
+    def build(self) -> dict:
+        import jax
+        import jax.extend.backend
+
+        backend = jax.extend.backend.get_backend()
+        return {"jax": jax.__version__, "platform": backend.platform, "platform_version": backend.platform_version}
+
+
+BACKENDS: dict[str, Any] = {"tensorflow": TensorFlowBackend(), "jax": JaxBackend()}
+DEFAULT = "tensorflow"
+
+
+def _keras_config_backend() -> str | None:
+    """The backend ~/.keras/keras.json names, which Keras uses when KERAS_BACKEND is unset."""
+    import json
+
+    path = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "keras.json"
+    try:
+        return json.loads(path.read_text()).get("backend")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def requested(runtime: RuntimeConfig | None = None) -> str:
+    """The backend this process will run: the config's choice, else KERAS_BACKEND, else Keras' own default."""
+    if runtime is not None and runtime.backend != AUTO:
+        return runtime.backend
+    name = os.environ.get("KERAS_BACKEND") or _keras_config_backend() or DEFAULT
+    if name not in BACKENDS:
+        raise FerBenchError(f"KERAS_BACKEND={name}: fer-bench runs on {' or '.join(BACKENDS)}")
+    return name
+
+
+def activate(runtime: RuntimeConfig | None = None, deterministic: bool = False) -> Any:
+    """Settle the backend before Keras starts, and return it; an error when Keras already runs another."""
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        running = keras.backend.backend()
+        if runtime is not None and runtime.backend not in (AUTO, running):
+            raise FerBenchError(f"runtime.backend is {runtime.backend}, but Keras already runs on {running} in this "
+                                "process: it picks its backend once, when first imported")
+        if running not in BACKENDS:
+            raise FerBenchError(f"Keras runs on {running}: fer-bench runs on {' or '.join(BACKENDS)}")
+        return BACKENDS[running]
+    name = requested(runtime)
+    os.environ["KERAS_BACKEND"] = name
+    backend = BACKENDS[name]
+    backend.prepare(runtime or RuntimeConfig(), deterministic)
+    return backend
+
+
+def import_keras() -> Any:
+    """Keras on the chosen backend, imported without TensorFlow's start-up banner (real errors still show)."""
+    backend = activate()
+    if "keras" not in sys.modules:
+        from fer_bench.console import native_stderr_filtered
+
+        try:
+            with native_stderr_filtered():
+                import tensorflow  # noqa: F401 - tf.data feeds every backend; its banner is filtered here
+                import keras  # noqa: F401
+        except ImportError as exc:
+            missing = (exc.name or "").split(".")[0] or str(exc)
+            extra = {"tensorflow": "cpu (or gpu, jax, jax-cuda)", "jax": "jax (or jax-cuda)"}.get(missing, "cpu")
+            raise FerBenchError(f"Keras on {backend.name} needs {missing}, which is not installed or does not load "
+                                f"({str(exc).splitlines()[0]}); install fer-bench with the extra {extra}") from None
+    return sys.modules["keras"]
+
+
+def nvidia_gpus() -> list[dict]:
+    """What the NVIDIA driver reports of each GPU (name, memory, driver), or [] without nvidia-smi."""
+    tool = shutil.which("nvidia-smi")
+    if tool is None:
+        return []
+    try:
+        done = subprocess.run([tool, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=10, check=True)
+        header = subprocess.run([tool], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    cuda = next((line.split("CUDA Version:")[1].split()[0] for line in header.splitlines() if "CUDA Version:" in line), None)
+    gpus = []
+    for line in done.stdout.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 3:
+            continue
+        name, memory, driver = parts
+        gpus.append({"name": name, "memory_mib": int(memory) if memory.isdigit() else None, "driver": driver,
+                     "cuda_driver": cuda})
+    return gpus
+
+
+def hardware_record(backend: Any) -> dict:
+    """The accelerators the backend uses, the GPUs the driver reports (used or not), and the backend's build."""
+    return {"accelerators": backend.accelerators(), "nvidia_smi": nvidia_gpus(), "backend_build": backend.build()}
