@@ -63,6 +63,17 @@ class EpochRecorder(keras.callbacks.Callback):
               f"({row['seconds']:.0f}s)", file=sys.stderr, flush=True)
 
 
+class FeedEpoch(keras.callbacks.Callback):
+    """Point the training feed at each epoch as it begins (first among the callbacks)."""
+
+    def __init__(self, feed):
+        super().__init__()
+        self.feed = feed  # pipeline.EpochFeed
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.feed.set_epoch(epoch)
+
+
 class BatchProgress(keras.callbacks.Callback):
     """A live bar through each epoch, on a terminal only: logs get EpochRecorder's one line per epoch."""
 
@@ -80,7 +91,8 @@ class BatchProgress(keras.callbacks.Callback):
         logs = logs or {}
         extra = "  ".join(f"{short} {float(logs[k]):.4f}" for k, short in (("loss", "loss"), ("accuracy", "acc"))
                           if k in logs)
-        self.bar.update(batch + 1, extra)
+        # With several steps per execution Keras reports the last step of each; the final one may overshoot.
+        self.bar.update(min(batch + 1, self.steps), extra)
 
     def on_test_begin(self, logs=None):
         if self.bar is not None:

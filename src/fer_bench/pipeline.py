@@ -127,14 +127,9 @@ def _epoch_order(labels: np.ndarray, num_classes: int, sampling: str, seed: int,
     return tf.gather(chosen, _permutation(int(counts.sum()), tf.stack([tf.constant(seed - 1, tf.int64), epoch])))
 
 
-def training_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int,
-                     augment: AugmentConfig, seed: int, sample_weights: np.ndarray | None = None,
-                     sampling: str = "none", first_epoch: int = 0, num_epochs: int = 1) -> tuple[Any, int]:
-    """Batches of (x float32 (B,48,48,1), y one-hot[, weight]) for epochs first_epoch.. first_epoch+num_epochs-1.
-
-    Returns the dataset and its steps per epoch. Each epoch's order (shuffled or class-balanced)
-    and augmentation are pure functions of (seed, epoch, batch).
-    """
+def _epoch_batches(images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int,
+                   augment: AugmentConfig, seed: int, sample_weights: np.ndarray | None, sampling: str) -> tuple[Any, int]:
+    """A function epoch -> that epoch's batches, and the number of batches in an epoch."""
     tf = _tf()
     if sampling not in SAMPLING:
         raise ValueError(f"sampling must be one of {SAMPLING}; got {sampling!r}")
@@ -159,8 +154,47 @@ def training_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, b
         return batches.map(lambda step, index: prepare(epoch, step, index),
                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
+    return epoch_batches, steps
+
+
+def training_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int,
+                     augment: AugmentConfig, seed: int, sample_weights: np.ndarray | None = None,
+                     sampling: str = "none", first_epoch: int = 0, num_epochs: int = 1) -> tuple[Any, int]:
+    """Batches of (x float32 (B,48,48,1), y one-hot[, weight]) for epochs first_epoch.. first_epoch+num_epochs-1.
+
+    Returns the dataset and its steps per epoch. Each epoch's order (shuffled or class-balanced)
+    and augmentation are pure functions of (seed, epoch, batch).
+    """
+    tf = _tf()
+    epoch_batches, steps = _epoch_batches(images, labels, num_classes, batch_size, augment, seed, sample_weights,
+                                          sampling)
     epochs = tf.data.Dataset.range(first_epoch, first_epoch + num_epochs)
     return epochs.flat_map(epoch_batches).prefetch(tf.data.AUTOTUNE), steps
+
+
+class EpochFeed:
+    """Training batches for `fit`: each pass over `dataset` is one epoch, the one `epoch` holds.
+
+    Keras starts a new pass every epoch when `fit` gets no steps_per_epoch, so an epoch ends with
+    its own data even where steps_per_execution does not divide it (with steps_per_epoch, Keras
+    would run whole executions and eat into the next epoch). The trainer sets `epoch` as each
+    epoch begins; the batches are those of `training_dataset` for that epoch.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int,
+                 augment: AugmentConfig, seed: int, sample_weights: np.ndarray | None = None, sampling: str = "none"):
+        tf = _tf()
+        epoch_batches, self.steps = _epoch_batches(images, labels, num_classes, batch_size, augment, seed,
+                                                   sample_weights, sampling)
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="feed_epoch")
+        # Read when a pass starts, not when the dataset is built.
+        current = tf.data.Dataset.from_tensors(0).map(lambda _: self.epoch.read_value())
+        self.dataset = (current.flat_map(epoch_batches)
+                        .apply(tf.data.experimental.assert_cardinality(self.steps))
+                        .prefetch(tf.data.AUTOTUNE))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch.assign(epoch)
 
 
 def evaluation_dataset(images: np.ndarray, labels: np.ndarray | None, num_classes: int, batch_size: int) -> Any:

@@ -9,27 +9,55 @@ from typing import Any
 
 import numpy as np
 
+from fer_bench.backends import Distribution
 from fer_bench.config import AUTO, Experiment, RuntimeConfig, TrainConfig
 from fer_bench.data import FerData
-from fer_bench.errors import FerBenchError
 from fer_bench.models import BACKBONE_LAYER, build_model
-from fer_bench.pipeline import epoch_class_counts, evaluation_dataset, training_dataset
+from fer_bench.pipeline import EpochFeed, epoch_class_counts, evaluation_dataset
 
 
 @dataclass
 class Runtime:
     """What the run actually used, after `auto` was resolved."""
 
-    strategy: Any
+    backend: str
     devices: list[str]
-    replicas: int
+    accelerated: bool
+    distribution: Distribution
     mixed_precision: bool
     jit_compile: bool
-    distribution: str
+    steps_per_execution: int
+    hardware: dict = field(default_factory=dict)
+
+    @property
+    def replicas(self) -> int:
+        return self.distribution.replicas
+
+    def scope(self) -> Any:
+        """Build, compile and fit inside this: it places the model's variables and splits its batches."""
+        return self.distribution.scope()
 
     def record(self) -> dict:
-        return {"devices": self.devices, "replicas": self.replicas, "mixed_precision": self.mixed_precision,
-                "jit_compile": self.jit_compile, "distribution": self.distribution}
+        return {"backend": self.backend, "devices": self.devices, "replicas": self.replicas,
+                "mixed_precision": self.mixed_precision, "jit_compile": self.jit_compile,
+                "distribution": self.distribution.kind, "steps_per_execution": self.steps_per_execution,
+                **self.hardware}
+
+    def describe(self) -> str:
+        """One console line: backend, devices and the switches `auto` settled."""
+        names = [a["name"] for a in self.hardware.get("accelerators", [])]
+        where = f"{len(names)} x {names[0]}" if names and len(set(names)) == 1 else ", ".join(names or self.devices)
+        line = (f"runtime: Keras on {self.backend}, {where}, mixed precision {'on' if self.mixed_precision else 'off'}, "
+                f"XLA {'on' if self.jit_compile else 'off'}")
+        if self.replicas > 1:
+            line += f", {self.replicas} replicas ({self.distribution.kind})"
+        if self.steps_per_execution > 1:
+            line += f", {self.steps_per_execution} steps per execution"
+        unused = self.hardware.get("nvidia_smi", [])
+        if unused and not names:
+            line += (f"\nwarning: the driver reports {unused[0]['name']}, but Keras on {self.backend} sees no GPU: "
+                     "see README, 'Installing for a GPU'")
+        return line
 
 
 @dataclass
@@ -43,53 +71,39 @@ class TrainingResult:
     imbalance: dict = field(default_factory=dict)
 
 
-def _resolve_auto(value: bool | str, have_gpu: bool) -> bool:
-    return have_gpu if value == AUTO else bool(value)
+STEPS_PER_EXECUTION_ON_ACCELERATORS = 16
+EVALUATION_BATCH = 256
+
+
+def _resolve_auto(value: bool | str, default: bool) -> bool:
+    return default if value == AUTO else bool(value)
 
 
 def configure_runtime(runtime: RuntimeConfig, seed: int, deterministic: bool) -> Runtime:
-    """Seed everything and pick precision, XLA and the distribution strategy for this machine."""
-    from fer_bench.console import import_keras_quietly
+    """Seed everything and pick backend, precision, XLA and distribution from the backend's own devices."""
+    from fer_bench.backends import activate, hardware_record, import_keras
 
-    import_keras_quietly()
-    import keras
-    import tensorflow as tf
+    backend = activate(runtime, deterministic)
+    keras = import_keras()
 
-    if runtime.cpu_devices:
-        _split_cpu(tf, runtime.cpu_devices)
+    backend.start(runtime, deterministic)
     keras.utils.set_random_seed(seed)
-    if deterministic:
-        # Process-wide and one-way in TensorFlow: later runs in the same process stay deterministic.
-        tf.config.experimental.enable_op_determinism()
-    gpus = tf.config.list_physical_devices("GPU")
-    mixed = _resolve_auto(runtime.mixed_precision, bool(gpus))
+    hardware = hardware_record(backend)
+    accelerated = bool(hardware["accelerators"])
+    mixed = _resolve_auto(runtime.mixed_precision, accelerated)
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
-    distribution = runtime.distribution
-    if distribution == AUTO:
-        distribution = "mirrored" if len(gpus) > 1 else "none"
-    # Without GPUs, a mirrored strategy mirrors over the logical CPUs (see runtime.cpu_devices).
-    devices = [d.name for d in tf.config.list_logical_devices("GPU")] or [
-        d.name for d in tf.config.list_logical_devices("CPU")]
-    strategies = {
-        "none": tf.distribute.get_strategy,
-        "mirrored": lambda: tf.distribute.MirroredStrategy(devices=devices),
-        "multi_worker": tf.distribute.MultiWorkerMirroredStrategy,
-    }
-    strategy = strategies[distribution]()
-    return Runtime(strategy=strategy, devices=devices, replicas=strategy.num_replicas_in_sync,
-                   mixed_precision=mixed, jit_compile=_resolve_auto(runtime.jit_compile, bool(gpus)),
-                   distribution=distribution)
-
-
-def _split_cpu(tf: Any, count: int) -> None:
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    wanted = [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
-    try:
-        tf.config.set_logical_device_configuration(cpu, wanted)
-    except RuntimeError:
-        # TensorFlow fixes its devices once it has started: a later run in the same process keeps them.
-        if len(tf.config.list_logical_devices("CPU")) != count:
-            raise FerBenchError("runtime.cpu_devices can only be set for the first run of a process") from None
+    devices = backend.devices()
+    kind = runtime.distribution
+    if kind == AUTO:
+        kind = "mirrored" if len(hardware["accelerators"]) > 1 else "none"
+    steps = runtime.steps_per_execution
+    if steps == AUTO:
+        steps = STEPS_PER_EXECUTION_ON_ACCELERATORS if accelerated else 1
+    distribution = backend.distribute(kind, devices)
+    return Runtime(backend=backend.name, devices=devices[:distribution.replicas], accelerated=accelerated,
+                   distribution=distribution, mixed_precision=mixed,
+                   jit_compile=_resolve_auto(runtime.jit_compile, backend.xla_by_default(accelerated)),
+                   steps_per_execution=int(steps), hardware=hardware)
 
 
 OPTIMIZERS = {
@@ -144,6 +158,12 @@ def imbalance_record(cfg: TrainConfig, labels: np.ndarray, classes: tuple[str, .
     }
 
 
+def compile_for_training(model: Any, cfg: TrainConfig, learning_rate: float, steps: int, runtime: Runtime) -> None:
+    """Compile with the configured optimizer (a schedule over `steps`) and loss, and the runtime's switches."""
+    model.compile(optimizer=make_optimizer(cfg, learning_rate, steps), loss=make_loss(cfg), metrics=["accuracy"],
+                  jit_compile=runtime.jit_compile, steps_per_execution=runtime.steps_per_execution)
+
+
 def _phases(exp: Experiment) -> list[tuple[str, int, float]]:
     """(phase name, epochs, learning rate): one phase, or head-then-fine-tune for a backbone."""
     plan = exp.model.fine_tune
@@ -175,7 +195,7 @@ def train_model(exp: Experiment, data: FerData, runtime: Runtime, checkpoint_dir
     """
     import keras
 
-    from fer_bench.callbacks import BatchProgress, BestWeights, Checkpoint, EpochRecorder
+    from fer_bench.callbacks import BatchProgress, BestWeights, Checkpoint, EpochRecorder, FeedEpoch
     from fer_bench.console import terminal
 
     cfg = exp.train
@@ -183,9 +203,11 @@ def train_model(exp: Experiment, data: FerData, runtime: Runtime, checkpoint_dir
     global_batch = cfg.batch_size * runtime.replicas
     weights = class_weights(data.train.labels, data.classes, cfg.class_weight)
     sample_weights = None if weights is None else weights[data.train.labels]
-    val_ds = evaluation_dataset(data.validation.images, data.validation.labels, num_classes, global_batch)
+    # Evaluation holds no gradients: bigger batches cost little memory and cut per-batch overhead.
+    val_ds = evaluation_dataset(data.validation.images, data.validation.labels, num_classes,
+                                max(global_batch, EVALUATION_BATCH))
 
-    with runtime.strategy.scope():
+    with runtime.scope():
         model = build_model(exp)
     history: list[dict] = []
     best = BestWeights()
@@ -206,7 +228,6 @@ def train_model(exp: Experiment, data: FerData, runtime: Runtime, checkpoint_dir
         _set_trainable(model, phase, exp.model.fine_tune.unfreeze_top if exp.model.fine_tune else 0)
         phase_start = sum(row["phase"] != phase for row in history)
         resuming = state is not None and state["phase"] == phase
-        first_epoch = state["epoch"] if resuming else phase_start
         seconds_before = float(state.get("elapsed", 0.0)) if resuming else 0.0
         # A phase that early stopping had ended runs no further epoch.
         phase_end = state["epoch"] if resuming and state["stopped"] else phase_start + epochs
@@ -218,26 +239,21 @@ def train_model(exp: Experiment, data: FerData, runtime: Runtime, checkpoint_dir
             stateful.append(keras.callbacks.ReduceLROnPlateau(
                 monitor="val_loss", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
                 min_lr=learning_rate * 1e-3, verbose=0))
-        train_ds, steps_per_epoch = training_dataset(
-            data.train.images, data.train.labels, num_classes, global_batch, exp.augment, cfg.seed, sample_weights,
-            cfg.sampling, first_epoch=first_epoch, num_epochs=max(phase_end - first_epoch, 0))
+        feed = EpochFeed(data.train.images, data.train.labels, num_classes, global_batch, exp.augment, cfg.seed,
+                         sample_weights, cfg.sampling)
+        steps_per_epoch = feed.steps
         # The live bar only where someone watches: per-batch callbacks cost a little speed.
         progress = [BatchProgress(phase, steps_per_epoch, phase_end)] if terminal() else []
-        callbacks: list[Any] = [best, *progress, EpochRecorder(phase, history), *stateful]
+        callbacks: list[Any] = [FeedEpoch(feed), best, *progress, EpochRecorder(phase, history), *stateful]
         checkpoint = None
         if checkpoint_dir is not None:
             checkpoint = Checkpoint(checkpoint_dir, phase, history, best, stateful, completed, seconds, seconds_before)
             callbacks.append(checkpoint)  # last: it saves what the others have just updated
-        with runtime.strategy.scope():
-            model.compile(
-                optimizer=make_optimizer(cfg, learning_rate, epochs * steps_per_epoch),
-                loss=make_loss(cfg),
-                metrics=["accuracy"],
-                jit_compile=runtime.jit_compile,
-            )
         start = time.perf_counter()
-        model.fit(train_ds, validation_data=val_ds, initial_epoch=phase_start, epochs=phase_end,
-                  steps_per_epoch=steps_per_epoch, callbacks=callbacks, shuffle=False, verbose=0)
+        with runtime.scope():
+            compile_for_training(model, cfg, learning_rate, epochs * steps_per_epoch, runtime)
+            model.fit(feed.dataset, validation_data=val_ds, initial_epoch=phase_start, epochs=phase_end,
+                      callbacks=callbacks, shuffle=False, verbose=0)
         seconds[phase] = round(seconds_before + time.perf_counter() - start, 2)
         if checkpoint is not None:
             checkpoint.complete_phase()
@@ -247,7 +263,7 @@ def train_model(exp: Experiment, data: FerData, runtime: Runtime, checkpoint_dir
                           imbalance=imbalance_record(cfg, data.train.labels, data.classes))
 
 
-def predict_probabilities(model: Any, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def predict_probabilities(model: Any, images: np.ndarray, batch_size: int = EVALUATION_BATCH) -> np.ndarray:
     """Class probabilities (n, k) for uint8 images (n, 48, 48)."""
     if len(images) == 0:
         return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
