@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -52,8 +53,8 @@ def fer_folder(tmp_path_factory) -> Path:
     return make_fer_folder(tmp_path_factory.mktemp("fer"))
 
 
-@pytest.fixture(scope="session")
-def smoke_data() -> Path:
+@functools.cache
+def smoke_data_path() -> Path:
     """The real FER-2013 where it is present (CI has it beside the checkout), else a synthetic stand-in."""
     if (REAL_DATA / "train").is_dir():
         return REAL_DATA
@@ -62,9 +63,29 @@ def smoke_data() -> Path:
     return make_fer_folder(Path(tempfile.mkdtemp(prefix="fer-smoke-")), counts=(6, 3, 3))
 
 
+@pytest.fixture(scope="session")
+def smoke_data() -> Path:
+    return smoke_data_path()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests that read the JAX worker's results go last, so the worker has all the others to run beside."""
+    items.sort(key=lambda item: item.get_closest_marker("jax_worker") is not None)
+
+
+def pytest_collection_finish(session):
+    """Start the JAX side of test_backends now, so that it runs beside the TensorFlow tests."""
+    if any(item.get_closest_marker("jax_worker") for item in session.items):
+        from test_backends import start_jax_side
+
+        start_jax_side(session.config)
+
+
 def tiny_overrides(config: Path) -> list[str]:
     """Make any config train in seconds: a few images per class, one epoch, small inputs, no downloads."""
-    overrides = ["data.max_per_class=6", "train.epochs=1", "train.batch_size=16", "train.early_stopping_patience=null"]
+    # 6 images a class: 42 for seven classes, 12 for two; batches of 14 leave no smaller last batch, which
+    # XLA would compile a second time.
+    overrides = ["data.max_per_class=6", "train.epochs=1", "train.batch_size=14", "train.early_stopping_patience=null"]
     import yaml
 
     raw = yaml.safe_load(config.read_text())
@@ -81,6 +102,23 @@ def tiny_overrides(config: Path) -> list[str]:
     return overrides
 
 
+TWO_CLASSES = ("happy", "sad")
+
+
+def smoke_classes(config: Path) -> tuple[str, ...]:
+    """The CPU twins under configs/cpu/ run on two classes, so every model family is proven on a subset."""
+    return TWO_CLASSES if config.parent.name == "cpu" else EMOTIONS
+
+
+def smoke_argv(config: Path, data: Path, results: Path) -> list[str]:
+    """`fer-bench run` of one config, made tiny; run from the repository root (configs name other configs)."""
+    overrides = [arg for o in tiny_overrides(config) for arg in ("--set", o)]
+    classes = smoke_classes(config)
+    if classes != EMOTIONS:
+        overrides += ["--set", f"data.classes=[{', '.join(classes)}]"]
+    return ["run", str(config), "--data-dir", str(data), "--results-dir", str(results), *overrides]
+
+
 @pytest.fixture(scope="session")
 def trained_runs(tmp_path_factory, fer_folder) -> Path:
     """Two small finished runs on the synthetic set (3 classes), shared by the compare/predict/ensemble tests."""
@@ -93,3 +131,32 @@ def trained_runs(tmp_path_factory, fer_folder) -> Path:
         exp = load_experiment(REPO / "configs" / f"{config}.yaml", overrides + [f"train.seed={seed}"])
         run_experiment(exp, data_dir=fer_folder, results_dir=results)
     return results
+
+
+SHIPPED_PER_CLASS = 3
+
+
+def copy_shipped_photos(folder: Path):
+    """A few real PrivateTest faces per class, in class folders, with the shipped run's committed predictions."""
+    import json
+    import shutil
+
+    import pandas as pd
+
+    from fer_bench.inference import SHIPPED_MODEL
+
+    run = json.loads((SHIPPED_MODEL / "metrics.json").read_text())["run"]
+    committed = pd.read_csv(REPO / "results" / "reference" / run / "predictions.csv")
+    committed = committed[committed["split"] == "test"]
+    chosen = committed.groupby("true", sort=True).head(SHIPPED_PER_CLASS)
+    for file, emotion in zip(chosen["file"], chosen["true"]):
+        (folder / emotion).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REAL_DATA / file, folder / emotion / file.split("/")[-1])
+    return folder, chosen.set_index(chosen["file"].str.split("/").str[-1])
+
+
+@pytest.fixture(scope="session")
+def shipped_photos(tmp_path_factory):
+    if not (REAL_DATA / "test").is_dir():
+        pytest.skip("needs ../shared/fer2013")
+    return copy_shipped_photos(tmp_path_factory.mktemp("photos"))

@@ -1,21 +1,18 @@
 """The shipped model: `predict` and `evaluate` work with no run folder, and give the committed answers."""
 
 import json
-import shutil
 
-import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from fer_bench import EMOTIONS
 from fer_bench.cli import app
 from fer_bench.inference import SHIPPED_MODEL
-from conftest import REAL_DATA, REPO
+from conftest import REPO, SHIPPED_PER_CLASS
 
 runner = CliRunner()
 METRICS = json.loads((SHIPPED_MODEL / "metrics.json").read_text())
 REFERENCE_RUN = REPO / "results" / "reference" / METRICS["run"]
-PER_CLASS = 3
 
 
 def invoke(*args):
@@ -30,29 +27,10 @@ def test_the_shipped_model_is_a_committed_reference_run():
     assert 'fer_bench = ["shipped/*"]' in (REPO / "pyproject.toml").read_text()  # installed with the package
 
 
-@pytest.fixture(scope="module")
-def test_photos(tmp_path_factory):
-    """A few PrivateTest faces per class, with the shipped run's committed predictions for them."""
-    if not (REAL_DATA / "test").is_dir():
-        pytest.skip("needs ../shared/fer2013")
-    committed = pd.read_csv(REFERENCE_RUN / "predictions.csv")
-    committed = committed[committed["split"] == "test"]
-    chosen = committed.groupby("true", sort=True).head(PER_CLASS)
-    folder = tmp_path_factory.mktemp("photos")
-    for file, emotion in zip(chosen["file"], chosen["true"]):
-        (folder / emotion).mkdir(exist_ok=True)
-        shutil.copyfile(REAL_DATA / file, folder / emotion / file.split("/")[-1])
-    return folder, chosen.set_index(chosen["file"].str.split("/").str[-1])
-
-
-@pytest.mark.slow
-def test_predict_with_no_run_gives_the_committed_predictions(test_photos):
-    folder, committed = test_photos
-    photos = sorted(folder.rglob("*.jpg"))
-    out = invoke("predict", *photos, "--json")
-    assert out.exit_code == 0, out.output
-    results = json.loads(out.stdout)
-    assert len(results) == len(EMOTIONS) * PER_CLASS
+def assert_committed_predictions(predict_json: str, committed) -> None:
+    """`predict --json` output agrees with the shipped run's committed predictions for those photos."""
+    results = json.loads(predict_json)
+    assert len(results) == len(EMOTIONS) * SHIPPED_PER_CLASS
     for result in results:
         row = committed.loc[result["image"].split("/")[-1]]
         (face,) = result["faces"]
@@ -61,12 +39,23 @@ def test_predict_with_no_run_gives_the_committed_predictions(test_photos):
             assert probability == pytest.approx(row[f"p_{emotion}"], abs=1e-3)
 
 
+def assert_committed_score(metrics: dict, committed) -> None:
+    assert metrics["test"]["count"] == len(EMOTIONS) * SHIPPED_PER_CLASS
+    assert metrics["test"]["accuracy"] == pytest.approx((committed["true"] == committed["predicted"]).mean())
+
+
 @pytest.mark.slow
-def test_evaluate_with_no_run_scores_the_shipped_model(test_photos, tmp_path):
-    folder, committed = test_photos
+def test_predict_with_no_run_gives_the_committed_predictions(shipped_photos):
+    folder, committed = shipped_photos
+    out = invoke("predict", *sorted(folder.rglob("*.jpg")), "--json")
+    assert out.exit_code == 0, out.output
+    assert_committed_predictions(out.stdout, committed)
+
+
+@pytest.mark.slow
+def test_evaluate_with_no_run_scores_the_shipped_model(shipped_photos, tmp_path):
+    folder, committed = shipped_photos
     out = invoke("evaluate", "--data-dir", folder, "--results-dir", tmp_path)
     assert out.exit_code == 0, out.output
-    metrics = json.loads((tmp_path / "shipped" / "eval" / folder.name / "metrics.json").read_text())
-    expected = (committed["true"] == committed["predicted"]).mean()
-    assert metrics["test"]["count"] == len(EMOTIONS) * PER_CLASS
-    assert metrics["test"]["accuracy"] == pytest.approx(expected)
+    assert_committed_score(json.loads((tmp_path / "shipped" / "eval" / folder.name / "metrics.json").read_text()),
+                           committed)

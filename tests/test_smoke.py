@@ -9,21 +9,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from fer_bench import EMOTIONS
 from fer_bench.cli import app
 from fer_bench.models import MODELS
 from helpers import check_run
-from conftest import CONFIGS, REPO, tiny_overrides
-
-TWO_CLASSES = ("happy", "sad")
-
-
-def classes_for(config) -> tuple[str, ...]:
-    return TWO_CLASSES if config.parent.name == "cpu" else EMOTIONS
+from conftest import CONFIGS, REPO, TWO_CLASSES, smoke_argv, smoke_classes
 
 
 def test_two_class_smoke_runs_cover_every_deep_model_family():
-    two_class = [c for c in CONFIGS if classes_for(c) == TWO_CLASSES]
+    two_class = [c for c in CONFIGS if smoke_classes(c) == TWO_CLASSES]
     families = {yaml.safe_load(c.read_text())["model"]["name"] for c in two_class}
     assert set(MODELS) <= families
     assert any((yaml.safe_load(c.read_text()).get("features") or {}).get("extractor") == "cnn" for c in two_class)
@@ -33,12 +26,8 @@ def test_two_class_smoke_runs_cover_every_deep_model_family():
 @pytest.mark.parametrize("config", CONFIGS, ids=[str(c.relative_to(REPO / "configs")) for c in CONFIGS])
 def test_config_runs_end_to_end(config, smoke_data, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # configs name other configs relative to the repository root
-    classes = classes_for(config)
-    overrides = [arg for o in tiny_overrides(config) for arg in ("--set", o)]
-    if classes != EMOTIONS:
-        overrides += ["--set", f"data.classes=[{', '.join(classes)}]"]
-    result = CliRunner().invoke(app, ["run", str(config), "--data-dir", str(smoke_data),
-                                      "--results-dir", str(tmp_path), *overrides])
+    classes = smoke_classes(config)
+    result = CliRunner().invoke(app, smoke_argv(config, smoke_data, tmp_path))
     assert result.exit_code == 0, result.output
     resolved = yaml.safe_load((tmp_path / config.stem / "config.yaml").read_text())
     model_file = "model.keras" if resolved["features"] is None else "model.joblib"
