@@ -1,6 +1,7 @@
 """Measure fer-bench's data path, input pipeline, training throughput and memory on the real FER-2013.
 
     python scripts/benchmark.py --data-dir ../shared/fer2013 --out results/benchmark
+    python scripts/benchmark.py --accelerator                  # training speed on this machine's GPU
 
 Writes benchmark.json and benchmark.md (the table README carries). Every figure is measured on the
 machine it runs on; nothing is asserted. The ImageDataGenerator baseline needs tf_keras, which pins
@@ -212,6 +213,118 @@ def bench_memory(data_dir: Path, steps: int) -> dict:
             "upscaled_float32_train_set_gib": round(upscaled_gib, 1), "batch": 32}
 
 
+# --- training speed on this machine's accelerator ------------------------------------------
+
+SPEED_CHILD = r"""
+import json, sys, time
+spec = json.loads(sys.argv[1])
+import numpy as np
+from fer_bench.config import load_config
+from fer_bench.data import load_data
+from fer_bench.train import configure_runtime, compile_for_training, EVALUATION_BATCH
+exp = load_config(spec["config"], [f"train.batch_size={spec['batch']}", f"train.epochs={spec['epochs']}"])
+runtime = configure_runtime(exp.runtime, exp.train.seed, False)  # the runner's own `auto` decisions
+import keras, tensorflow as tf
+from fer_bench.callbacks import FeedEpoch
+from fer_bench.models import build_model
+from fer_bench.pipeline import EpochFeed, evaluation_dataset
+data = load_data(exp.data, exp.classes, spec["data_dir"], seed=0, progress=False)
+images, labels = data.train.images[: spec["train_images"]], data.train.labels[: spec["train_images"]]
+batch = spec["batch"] * runtime.replicas
+feed = EpochFeed(images, labels, 7, batch, exp.augment, exp.train.seed)
+callbacks = [FeedEpoch(feed)]
+if spec["feed"] == "pipeline":
+    train = feed.dataset
+else:  # the ceiling: the same model and steps, fed one constant batch already in memory
+    x = tf.random.uniform((batch, 48, 48, 1), 0, 255)
+    y = tf.one_hot(tf.random.uniform((batch,), 0, 7, tf.int32), 7)
+    train = tf.data.Dataset.from_tensors((x, y)).repeat(feed.steps)
+val = evaluation_dataset(data.validation.images, data.validation.labels, 7, max(batch, EVALUATION_BATCH))
+
+class Clock(keras.callbacks.Callback):
+    rows = []
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+    def on_test_begin(self, logs=None):
+        self.trained = time.perf_counter() - self.start
+    def on_epoch_end(self, epoch, logs=None):
+        self.rows.append({"train_seconds": self.trained, "epoch_seconds": time.perf_counter() - self.start})
+
+with runtime.scope():
+    model = build_model(exp)
+    compile_for_training(model, exp.train, exp.train.learning_rate, spec["epochs"] * feed.steps, runtime)
+    model.fit(train, validation_data=val, epochs=spec["epochs"], callbacks=[*callbacks, Clock()], verbose=0)
+print(json.dumps({"images": len(images), "epochs": Clock.rows, "runtime": runtime.record()}))
+"""
+
+
+def speed_child(data_dir: Path, config: Path, feed: str, batch: int, epochs: int, train_images: int | None) -> dict:
+    spec = {"config": str(config), "feed": feed, "batch": batch, "epochs": epochs, "data_dir": str(data_dir),
+            "train_images": train_images}
+    out = subprocess.run([sys.executable, "-c", SPEED_CHILD, json.dumps(spec)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_accelerator(data_dir: Path, config: Path, batches: list[int], epochs: int, train_images: int | None) -> dict:
+    """The tuned CNN's training rate with the real augmented pipeline against synthetic tensors, and its start-up.
+
+    Each epoch after the first is a steady one; start-up = the first epoch minus the median steady one
+    (compilation, tf.data start, autotuning). Both feeds run the runner's own runtime (`auto`).
+    """
+    results = {}
+    for batch in batches:
+        row = {}
+        for feed in ("pipeline", "synthetic"):
+            log(f"  batch {batch}: {feed}")
+            child = speed_child(data_dir, config, feed, batch, epochs, train_images)
+            steady = child["epochs"][1:]
+            train_seconds = statistics.median(e["train_seconds"] for e in steady)
+            epoch_seconds = statistics.median(e["epoch_seconds"] for e in steady)
+            row[feed] = {"images_per_second": rate(child["images"], train_seconds),
+                         "steady_epoch_seconds": round(epoch_seconds, 2),
+                         "first_epoch_seconds": round(child["epochs"][0]["epoch_seconds"], 2),
+                         "startup_seconds": round(child["epochs"][0]["epoch_seconds"] - epoch_seconds, 2)}
+            results["runtime"], results["images"] = child["runtime"], child["images"]
+        row["ratio"] = round(row["pipeline"]["images_per_second"] / row["synthetic"]["images_per_second"], 3)
+        results[f"batch {batch}"] = row
+    return results
+
+
+def accelerator_name(runtime: dict) -> str:
+    names = [a["name"] for a in runtime.get("accelerators", [])]
+    return names[0] if names else "CPU only"
+
+
+def accelerator_markdown(report: dict) -> str:
+    speed = report["accelerator"]
+    runtime = speed["runtime"]
+    device = accelerator_name(runtime)
+    if device == "CPU only":
+        device = f"no GPU: {report['machine']['cpu']}, {report['machine']['cores']} cores"
+    lines = [
+        f"Measured {report['date']} on {device}; Keras on {runtime['backend']}, mixed precision "
+        f"{'on' if runtime['mixed_precision'] else 'off'}, XLA {'on' if runtime['jit_compile'] else 'off'}, "
+        f"{runtime['steps_per_execution']} steps per execution (all as `auto` chose them); {report['config']}, "
+        f"{speed['images']:,} training images an epoch, {report['epochs']} epochs per timing.",
+        "",
+        "| batch | real augmented pipeline | synthetic tensors (ceiling) | pipeline / ceiling | start-up (first epoch - steady) |",
+        "|---|---|---|---|---|",
+    ]
+    for key, row in speed.items():
+        if not key.startswith("batch "):
+            continue
+        lines.append(f"| {key[6:]} | {row['pipeline']['images_per_second']:,.0f} images/s | "
+                     f"{row['synthetic']['images_per_second']:,.0f} images/s | {row['ratio']:.1%} | "
+                     f"{row['pipeline']['startup_seconds']} s |")
+    return "\n".join(lines) + "\n"
+
+
+def slug(text: str) -> str:
+    return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
+
+
 # --- command line speed ----------------------------------------------------------------------
 
 def _median_seconds(args: list[str], repeats: int = 5) -> float:
@@ -322,10 +435,32 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmark")
     parser.add_argument("--batches", type=int, default=200, help="batches timed per input pipeline")
     parser.add_argument("--steps", type=int, default=40, help="training steps per timing (three timings per model)")
+    parser.add_argument("--accelerator", action="store_true",
+                        help="instead: the tuned CNN's training rate, real pipeline against synthetic tensors, and "
+                             "its start-up cost, on this machine's GPU (or CPU), with the backend KERAS_BACKEND names")
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "tuned_cnn.yaml", help="--accelerator: model")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256], help="--accelerator: per device")
+    parser.add_argument("--epochs", type=int, default=4, help="--accelerator: epochs per timing (the first is start-up)")
+    parser.add_argument("--train-images", type=int, default=None,
+                        help="--accelerator: train on the first N images only (a CPU cannot do full epochs quickly)")
     args = parser.parse_args()
     if not (args.data_dir / "train").is_dir():
         sys.exit(f"error: no FER-2013 at {args.data_dir} (expected train/ and test/)")
+    if args.epochs < 2:
+        sys.exit("error: --epochs must be at least 2 (the first one is start-up)")
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine()}
+    if args.accelerator:
+        report.update(config=str(args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config),
+                      epochs=args.epochs)
+        report["accelerator"] = bench_accelerator(args.data_dir, args.config, args.batch_sizes, args.epochs,
+                                                  args.train_images)
+        runtime = report["accelerator"]["runtime"]
+        name = f"accelerator-{runtime['backend']}-{slug(accelerator_name(runtime))}"
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.out / f"{name}.md").write_text(accelerator_markdown(report))
+        print(accelerator_markdown(report))
+        return
     stages = {
         "data": lambda: bench_data(args.data_dir),
         "pipelines": lambda: bench_pipelines(args.data_dir, args.batches),
