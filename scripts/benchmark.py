@@ -322,7 +322,7 @@ def accelerator_markdown(report: dict) -> str:
         f"{speed['images']:,} training and {speed['validation_images']:,} validation images an epoch, "
         f"{report['epochs']} epochs per timing (the first is start-up; the others' median is the steady epoch).",
         "",
-        "| batch | real augmented pipeline | synthetic tensors (ceiling) | pipeline / ceiling | start-up (first epoch - steady) |",
+        "| batch | real augmented pipeline | one batch held in memory (ceiling) | pipeline / ceiling | start-up (first epoch - steady) |",
         "|---|---|---|---|---|",
     ]
     for key, row in speed.items():
