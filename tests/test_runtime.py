@@ -51,7 +51,7 @@ def test_a_run_records_its_accelerators_and_says_when_the_backend_cannot_see_the
     assert hardware["accelerators"] == []
     assert hardware["nvidia_smi"][0]["name"] == "NVIDIA H100 80GB HBM3"
     assert {"tensorflow", "cuda_build"} <= set(hardware["backend_build"])
-    runtime = Runtime(backend="tensorflow", devices=["/device:CPU:0"], accelerated=False,
+    runtime = Runtime(backend="tensorflow", devices=["/device:CPU:0"],
                       distribution=Distribution("none", 1, None), mixed_precision=False, jit_compile=False,
                       steps_per_execution=1, hardware=hardware)
     first, warning = runtime.describe().splitlines()
@@ -61,7 +61,7 @@ def test_a_run_records_its_accelerators_and_says_when_the_backend_cannot_see_the
 
 
 def test_the_console_line_names_the_accelerators_and_the_switches():
-    runtime = Runtime(backend="jax", devices=["gpu:0", "gpu:1"], accelerated=True,
+    runtime = Runtime(backend="jax", devices=["gpu:0", "gpu:1"],
                       distribution=Distribution("mirrored", 2, None), mixed_precision=True, jit_compile=True,
                       steps_per_execution=16,
                       hardware={"accelerators": [{"name": "NVIDIA H100 80GB HBM3"}] * 2, "nvidia_smi": []})

@@ -22,12 +22,15 @@ class Runtime:
 
     backend: str
     devices: list[str]
-    accelerated: bool
     distribution: Distribution
     mixed_precision: bool
     jit_compile: bool
     steps_per_execution: int
     hardware: dict = field(default_factory=dict)
+
+    @property
+    def accelerated(self) -> bool:
+        return bool(self.hardware.get("accelerators"))
 
     @property
     def replicas(self) -> int:
@@ -100,7 +103,7 @@ def configure_runtime(runtime: RuntimeConfig, seed: int, deterministic: bool) ->
     if steps == AUTO:
         steps = STEPS_PER_EXECUTION_ON_ACCELERATORS if accelerated else 1
     distribution = backend.distribute(kind, devices)
-    return Runtime(backend=backend.name, devices=devices[:distribution.replicas], accelerated=accelerated,
+    return Runtime(backend=backend.name, devices=devices[:distribution.replicas],
                    distribution=distribution, mixed_precision=mixed,
                    jit_compile=_resolve_auto(runtime.jit_compile, backend.xla_by_default(accelerated)),
                    steps_per_execution=int(steps), hardware=hardware)
