@@ -193,7 +193,8 @@ def test_a_jax_run_evaluates_predicts_and_compares_on_tensorflow(jax_side, tmp_p
             assert probability == pytest.approx(expected.loc[image, f"p_{emotion}"], abs=1e-4)
     result = runner.invoke(app, ["compare", str(jax_side[1] / "smoke" / "cpu"), "--out", str(tmp_path / "cmp")])
     assert result.exit_code == 0, result.output
-    assert "tuned_cnn" in set(pd.read_csv(tmp_path / "cmp" / "comparison.csv")["name"])
+    compared = pd.read_csv(tmp_path / "cmp" / "comparison.csv").set_index("name")
+    assert compared.loc["tuned_cnn", "trained_on"] == f"CPU x{os.cpu_count()} (jax)"
 
 
 def test_the_shipped_model_on_jax_gives_the_committed_answers(jax_side, shipped_photos):

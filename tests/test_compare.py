@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fer_bench.cli import app
+from fer_bench.compare import trained_on
 from fer_bench.evaluate import bootstrap_scores, confidence_interval, mcnemar_exact
 from helpers import check_run
 
@@ -77,6 +79,7 @@ def test_compare_writes_table_significance_and_charts(trained_runs, tmp_path):
         assert row["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
         assert row["accuracy_low"] <= row["accuracy"] <= row["accuracy_high"]
         assert row["data"] == "same"
+        assert row["trained_on"] == f"CPU x{os.cpu_count()} (tensorflow)"
     significance = pd.read_csv(results / "significance.csv")
     assert len(significance) == 1 and 0 <= significance["p_value"][0] <= 1
     assert significance["summary"][0] in out.output
@@ -106,6 +109,18 @@ def test_compare_options_and_flags_for_other_data(trained_runs, tmp_path):
     assert significance[["run_a", "run_b"]].values.tolist() == [["copy", "custom_cnn"]] or \
         significance[["run_a", "run_b"]].values.tolist() == [["custom_cnn", "copy"]]
     assert not (results / "comparison.csv").exists()
+
+
+@pytest.mark.parametrize("environment, expected", [
+    ({"cpu_count": 2, "runtime": {"backend": "jax", "devices": ["cuda:0", "cuda:1"],
+                                  "accelerators": [{"name": "NVIDIA H100 80GB HBM3"}] * 2}}, "NVIDIA H100 80GB HBM3 x2 (jax)"),
+    ({"cpu_count": 16, "keras_backend": "tensorflow", "runtime": {"devices": ["/device:GPU:0"]}}, "GPU (tensorflow)"),
+    ({"cpu_count": 2, "runtime": {"devices": ["/device:CPU:0"]}}, "CPU x2"),  # recorded before backends were
+    ({"cpu_count": 8, "keras_backend": "jax"}, "CPU x8"),  # a feature model: scikit-learn trains on the CPU
+    ({}, "-"),
+])
+def test_trained_on_reads_the_device_and_backend_a_run_recorded(environment, expected):
+    assert trained_on(environment) == expected
 
 
 def test_compare_errors_are_one_line(tmp_path):

@@ -18,7 +18,7 @@ import shutil
 import platform
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -299,6 +299,7 @@ class Run:
     config: dict
     predictions: Any
     history: Any | None
+    environment: dict = field(default_factory=dict)  # environment.json; {} where missing or unreadable
 
     @property
     def classes(self) -> list[str]:
@@ -339,4 +340,9 @@ def read_run(path: Path, name: str) -> Run:
     needed = {"split", "true", "predicted"}
     if not needed <= set(predictions.columns):
         raise RunError(f"{name}: predictions.csv lacks columns {sorted(needed - set(predictions.columns))}")
-    return Run(name=name, path=path, metrics=metrics, config=config or {}, predictions=predictions, history=history)
+    try:  # only describes the run: a damaged one does not keep the run out of a comparison
+        environment = load("environment.json", lambda p: json.loads(p.read_text()), optional=True)
+    except RunError:
+        environment = None
+    return Run(name=name, path=path, metrics=metrics, config=config or {}, predictions=predictions, history=history,
+               environment=environment if isinstance(environment, dict) else {})

@@ -68,6 +68,22 @@ def _settings(run: Run) -> str:
     return ", ".join(parts)
 
 
+def trained_on(environment: dict) -> str:
+    """Where a run trained, from its environment.json: the accelerator (else the CPU) and the Keras backend."""
+    runtime = environment.get("runtime") or {}
+    gpus = [a["name"] for a in runtime.get("accelerators") or [] if a.get("name")]
+    if gpus:
+        device = gpus[0] + (f" x{len(gpus)}" if len(gpus) > 1 else "")
+    elif any("GPU" in str(d).upper() for d in runtime.get("devices") or []):
+        device = "GPU"  # recorded before accelerators were named
+    elif environment.get("cpu_count"):
+        device = f"CPU x{environment['cpu_count']}"
+    else:
+        return "-"
+    backend = runtime.get("backend") or environment.get("keras_backend")
+    return f"{device} ({backend})" if backend and runtime else device
+
+
 def _reference_fingerprint(runs: list[Run]) -> str | None:
     fingerprints = [r.metrics.get("data_fingerprint") for r in runs]
     return max(set(fingerprints), key=fingerprints.count) if fingerprints else None
@@ -86,6 +102,7 @@ def comparison_table(runs: list[Run], split: str, num_resamples: int = 1000) -> 
             "images": scores.get("count", 0),
             "parameters": run.metrics.get("parameters"),
             "training_seconds": run.metrics.get("training_seconds"),
+            "trained_on": "-" if run.metrics.get("kind") == "ensemble" else trained_on(run.environment),
             "epochs": run.metrics.get("epochs_run"),
             "data": "same" if run.metrics.get("data_fingerprint") == reference else "DIFFERENT",
         }
@@ -129,7 +146,7 @@ def significance_table(runs: list[Run], split: str) -> pd.DataFrame:
 def markdown_table(table: pd.DataFrame, metric: str) -> str:
     """The comparison as a Markdown table (also what the console shows)."""
     header = ["#", "run", "model", "settings", "accuracy (95% CI)", "macro-F1 (95% CI)", "balanced acc.",
-              "acc. w/o duplicates", "params", "train time", "epochs", "data"]
+              "acc. w/o duplicates", "params", "train time", "trained on", "epochs", "data"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     ranks = iter(range(1, len(table) + 1))
     for row in table.itertuples(index=False):
@@ -145,7 +162,7 @@ def markdown_table(table: pd.DataFrame, metric: str) -> str:
         epochs = str(int(row.epochs)) if row.epochs and not pd.isna(row.epochs) else "-"
         lines.append("| " + " | ".join([
             str(rank), row.name, row.model, row.settings, interval("accuracy"), interval("macro_f1"),
-            f"{row.balanced_accuracy:.4f}", f"{row.accuracy_no_duplicates:.4f}", params, duration, epochs, row.data,
+            f"{row.balanced_accuracy:.4f}", f"{row.accuracy_no_duplicates:.4f}", params, duration, row.trained_on, epochs, row.data,
         ]) + " |")
     return "\n".join(lines) + "\n"
 
