@@ -9,6 +9,7 @@ import time
 
 import pandas as pd
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from fer_bench.artifacts import RunDirectory
@@ -113,6 +114,14 @@ def test_restart_starts_afresh_and_a_changed_config_is_refused(tmp_path, env, fe
     changed = subprocess.run(args[:-2] + ["--set", "model.params.filters=[16]"], env=env, capture_output=True, text=True)
     assert changed.returncode == 1
     assert "holds an unfinished run of a different config; pass --restart" in changed.stderr
+    # A run checkpointed by an earlier fer-bench, whose config.yaml lacks keys added since, resumes.
+    saved = tmp_path / "run" / "config.yaml"
+    earlier = yaml.safe_load(saved.read_text())
+    del earlier["runtime"]["backend"], earlier["runtime"]["steps_per_execution"]
+    saved.write_text(yaml.safe_dump(earlier))
+    same = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert same.returncode == 0, same.stderr[-2000:]
+    assert "resumed " in same.stderr and " after epoch " in same.stderr
     fresh = subprocess.run(args + ["--restart"], env=env, capture_output=True, text=True)
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert "resumed" not in fresh.stderr

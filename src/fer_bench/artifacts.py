@@ -18,6 +18,7 @@ import shutil
 import platform
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -43,6 +44,13 @@ PACKAGES = ("fer-bench", "tensorflow", "tensorflow-cpu", "keras", "numpy", "scik
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def numbered_siblings(folder: Path, name: str) -> Iterator[Path]:
+    """folder/name-2, folder/name-3, ...: where a run or an evaluation goes when its name is taken."""
+    for number in range(2, 10_000):
+        yield folder / f"{name}-{number}"
+    raise RunError(f"too many folders named {name}-N under {folder}")
 
 
 def _atomic(path: Path, write: Any) -> None:

@@ -14,7 +14,8 @@ import numpy as np
 
 from fer_bench import EMOTIONS
 from fer_bench.config import TTA_MODES
-from fer_bench.artifacts import METRICS_FILE, RunDirectory, environment_record, now, write_evaluation
+from fer_bench.artifacts import (METRICS_FILE, RunDirectory, environment_record, now, numbered_siblings,
+                                 write_evaluation)
 from fer_bench.data import IMAGE_SIDE, IMAGE_SUFFIXES, load_labelled_folder, parse_class_map
 from fer_bench.errors import FerBenchError, RunError
 from fer_bench.evaluate import SplitPredictions
@@ -214,10 +215,7 @@ def evaluation_directory(base: Path, name: str | None, default: str, overwrite: 
         return wanted
     if name is not None:
         raise RunError(f"{wanted.path} already holds an evaluation; pass --overwrite to replace it, or another --name")
-    number = 2
-    while (base / f"{default}-{number}").exists():
-        number += 1
-    return RunDirectory(base / f"{default}-{number}")
+    return RunDirectory(next(path for path in numbered_siblings(base, default) if not path.exists()))
 
 
 def evaluate_on_dataset(run_path: Path, data_dir: Path, mapping: list[str] | str | None = None, tta: str = "none",

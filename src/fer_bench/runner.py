@@ -16,8 +16,9 @@ from typing import Any, TextIO
 import numpy as np
 
 
-from fer_bench.artifacts import METRICS_FILE, RunDirectory, environment_record, now, write_evaluation
-from fer_bench.config import Experiment, load_config, to_dict
+from fer_bench.artifacts import (METRICS_FILE, RunDirectory, environment_record, now, numbered_siblings,
+                                 write_evaluation)
+from fer_bench.config import Experiment, from_dict, load_config, read_yaml, to_dict
 from fer_bench.data import FerData, load_data
 from fer_bench.errors import ConfigError, FerBenchError, RunError
 from fer_bench.evaluate import SplitPredictions, classification_metrics
@@ -69,18 +70,23 @@ def choose_run_directory(results_dir: Path, name: str, explicit_name: bool, rest
                            "finish, or pass another --name")
     elif explicit_name:
         raise RunError(f"run {path} already finished; pass --restart to redo it, or another --name")
-    for number in range(2, 10_000):
-        candidate = RunDirectory(results_dir / f"{name}-{number}")
+    for sibling in numbered_siblings(results_dir, name):
+        candidate = RunDirectory(sibling)
         if candidate.state() != "finished" and candidate.acquire():
             return candidate
-    raise RunError(f"too many runs named {name} under {results_dir}")
 
 
 def _same_experiment(run: RunDirectory, exp: Experiment) -> bool:
-    import yaml
-
     previous = run.file("config.yaml")
-    return not previous.is_file() or yaml.safe_load(previous.read_text()) == yaml.safe_load(yaml.safe_dump(to_dict(exp)))
+    if not previous.is_file():
+        return True
+    try:
+        # Read through the schema, so keys added since the run began take their defaults: a run that an
+        # earlier fer-bench checkpointed resumes unless something it set has changed.
+        earlier = from_dict(read_yaml(previous))
+    except FerBenchError:
+        return False
+    return to_dict(earlier) == to_dict(exp)
 
 
 class _Tee:
