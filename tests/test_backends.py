@@ -136,7 +136,7 @@ def test_config_runs_end_to_end_on_jax(config, jax_side):
 def test_steps_per_execution_changes_no_number(jax_side, tmp_path):
     """Three steps per device call take exactly the steps of one per call, epoch for epoch, on both backends.
 
-    8 steps per epoch (72 images, batch 10): the executions do not divide the epoch, which is where
+    7 steps per epoch (72 images, batch 10): the executions do not divide the epoch, which is where
     Keras, given steps_per_epoch, would run on into the next epoch's batches.
     """
     data = make_fer_folder(tmp_path / "data", counts=(24, 6, 6), classes=CLASSES)

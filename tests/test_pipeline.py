@@ -12,14 +12,26 @@ def test_training_batches_are_float_one_hot_and_weighted():
     images, labels = batch(10), np.arange(10) % 7
     ds, steps = training_dataset(images, labels, 7, 4, AugmentConfig(), seed=1, sample_weights=np.ones(10) * 2)
     batches = list(ds.as_numpy_iterator())
-    assert steps == 3
-    assert [len(b[0]) for b in batches] == [4, 4, 2]
+    assert steps == 2
+    assert [len(b[0]) for b in batches] == [4, 4]  # whole batches only: the last 2 images sit this epoch out
     x, y, w = batches[0]
     assert x.dtype == np.float32 and x.shape == (4, 48, 48, 1) and y.shape == (4, 7)
     assert np.allclose(y.sum(axis=1), 1) and np.allclose(w, 2)
-    # without augmentation, the batches hold exactly the stored pixels, reshuffled
+    # without augmentation, the batches hold exactly stored pixels, reshuffled, none twice
     seen = np.concatenate([b[0][..., 0] for b in batches]).astype(np.uint8)
-    assert sorted(map(bytes, seen)) == sorted(map(bytes, images))
+    assert len(set(map(bytes, seen))) == 8 and set(map(bytes, seen)) <= set(map(bytes, images))
+
+
+def test_batches_are_whole_and_the_images_left_out_change_every_epoch():
+    images = np.arange(10, dtype=np.uint8)[:, None, None] * np.ones((1, 48, 48), np.uint8)
+    ds, steps = training_dataset(images, np.arange(10) % 7, 7, 4, AugmentConfig(), seed=0, num_epochs=6)
+    batches = [x[:, 0, 0, 0].astype(int) for x, _ in ds.as_numpy_iterator()]
+    assert steps == 2 and len(batches) == 12 and all(len(b) == 4 for b in batches)
+    left_out = [frozenset(range(10)) - set(np.concatenate(batches[i:i + 2])) for i in range(0, 12, 2)]
+    assert all(len(out) == 2 for out in left_out) and len(set(left_out)) > 1
+    # an epoch smaller than one batch is that one batch
+    small, steps = training_dataset(images[:3], np.arange(3), 7, 4, AugmentConfig(), seed=0)
+    assert steps == 1 and [len(x) for x, _ in small.as_numpy_iterator()] == [3]
 
 
 def epochs_of(dataset, steps):

@@ -2,6 +2,7 @@
 
 The dataset stays uint8 at 48x48 in memory; the pipeline orders (shuffles or class-balances) image
 *indices*, gathers each batch from the one in-memory copy, casts it to float32 and augments it.
+Training batches are all full (the remainder of an epoch's order is left out of that epoch).
 Resizing and grey-to-RGB happen inside the model, so no upscaled float copy of the data ever exists.
 Augmentation is one fused affine transform per batch (flip, rotation, zoom and shift in a single
 resampling), then optional random erasing. All randomness is stateless, seeded by (seed, epoch,
@@ -136,7 +137,13 @@ def _epoch_batches(images: np.ndarray, labels: np.ndarray, num_classes: int, bat
     all_images = tf.constant(images)  # the one in-memory copy; batches are gathered from it
     all_labels = tf.constant(labels.astype(np.int64))
     weights = None if sample_weights is None else tf.constant(sample_weights.astype(np.float32))
-    steps = int(np.ceil(epoch_class_counts(labels, num_classes, sampling).sum() / batch_size))
+    drawn = int(epoch_class_counts(labels, num_classes, sampling).sum())
+    # Whole batches only: a smaller last batch is a new input shape, for which XLA compiles the whole
+    # training step once more, and which mirrored devices may not split evenly. Every epoch reshuffles,
+    # so the few images left over change from epoch to epoch. An epoch that does not fill one batch is
+    # that one smaller batch.
+    whole = drawn >= batch_size
+    steps = drawn // batch_size if whole else 1
 
     def prepare(epoch, step, index):
         x = tf.cast(tf.gather(all_images, index), tf.float32)[..., None]
@@ -150,7 +157,7 @@ def _epoch_batches(images: np.ndarray, labels: np.ndarray, num_classes: int, bat
 
     def epoch_batches(epoch):
         order = _epoch_order(labels, num_classes, sampling, seed, epoch)
-        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).enumerate()
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=whole).enumerate()
         return batches.map(lambda step, index: prepare(epoch, step, index),
                            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
