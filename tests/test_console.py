@@ -73,6 +73,27 @@ def test_a_step_without_progress_of_its_own_shows_a_timer_on_a_terminal(monkeypa
     assert lines == ["  fitting svm ...", "  fitting svm: done in 1s"]
 
 
+def test_the_live_bar_reads_the_loss_only_when_it_redraws(monkeypatch):
+    """Reading a loss waits for the device (JAX runs ahead of Python): not after every step, only per redraw."""
+    from fer_bench.callbacks import BatchProgress
+
+    class Loss:
+        reads = 0
+
+        def __float__(self):
+            Loss.reads += 1
+            return 0.5
+
+    screen = io.StringIO()
+    monkeypatch.setattr(console, "terminal", lambda: screen)
+    progress = BatchProgress("train", steps=1000, last_epoch=1)
+    progress.on_epoch_begin(0)
+    for step in range(1000):
+        progress.on_train_batch_end(step, {"loss": Loss()})
+    assert 1 <= Loss.reads <= 2 + int((time.perf_counter() - progress.bar.start) / console.ProgressBar.REDRAW_SECONDS)
+    assert "1000/1000  loss 0.5000" in screen.getvalue()
+
+
 def test_start_up_noise_is_dropped_and_everything_else_kept(capfd):
     with console.native_stderr_filtered():
         os.write(2, b"I0000 00:00:1.0 1 port.cc:153] oneDNN custom operations are on.\n")

@@ -88,11 +88,14 @@ class BatchProgress(keras.callbacks.Callback):
         self.bar = ProgressBar(self.steps, f"epoch {epoch + 1}/{self.last_epoch} [{self.phase}]")
 
     def on_train_batch_end(self, batch, logs=None):
+        # With several steps per execution Keras reports the last step of each; the final one may overshoot.
+        done = min(batch + 1, self.steps)
+        if not self.bar.due(done):
+            return  # reading the loss waits for the device to finish: only when the bar is redrawn
         logs = logs or {}
         extra = "  ".join(f"{short} {float(logs[k]):.4f}" for k, short in (("loss", "loss"), ("accuracy", "acc"))
                           if k in logs)
-        # With several steps per execution Keras reports the last step of each; the final one may overshoot.
-        self.bar.update(min(batch + 1, self.steps), extra)
+        self.bar.update(done, extra)
 
     def on_test_begin(self, logs=None):
         if self.bar is not None:

@@ -81,13 +81,14 @@ class ProgressBar:
         self.start = time.perf_counter()
         self._drawn = 0.0
 
+    def due(self, done: int) -> bool:
+        """Whether `update(done)` would redraw: on a terminal, at most every REDRAW_SECONDS, and at the end."""
+        return self.stream is not None and (done >= self.total or time.perf_counter() - self._drawn >= self.REDRAW_SECONDS)
+
     def update(self, done: int, extra: str = "") -> None:
-        if self.stream is None:
+        if not self.due(done):
             return
-        now = time.perf_counter()
-        if done < self.total and now - self._drawn < self.REDRAW_SECONDS:
-            return
-        self._drawn = now
+        now = self._drawn = time.perf_counter()
         filled = int(self.WIDTH * min(done, self.total) / self.total)
         elapsed = now - self.start
         eta = f"  ETA {_duration(elapsed / done * (self.total - done))}" if 0 < done < self.total else ""
