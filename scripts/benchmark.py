@@ -244,10 +244,17 @@ else:
 limit = spec["validation_images"]
 val = evaluation_dataset(data.validation.images[:limit], data.validation.labels[:limit], 7, max(batch, EVALUATION_BATCH))
 
+compiling = []  # (seconds, count) of XLA compilation on JAX; TensorFlow reports none
+if keras.backend.backend() == "jax":
+    import jax.monitoring
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, seconds, **_: compiling.append(seconds) if event == "/jax/core/compile/backend_compile_duration" else None)
+
 class Clock(keras.callbacks.Callback):
     rows = []
     def on_epoch_begin(self, epoch, logs=None):
         self.start = time.perf_counter()
+        compiling.clear()
     def on_train_batch_end(self, batch, logs=None):
         self.logs = logs
     def on_test_begin(self, logs=None):
@@ -256,22 +263,24 @@ class Clock(keras.callbacks.Callback):
         float(self.logs["loss"])
         self.trained = time.perf_counter() - self.start
     def on_epoch_end(self, epoch, logs=None):
-        self.rows.append({"train_seconds": self.trained, "epoch_seconds": time.perf_counter() - self.start})
+        self.rows.append({"train_seconds": self.trained, "epoch_seconds": time.perf_counter() - self.start,
+                          "compile_seconds": sum(compiling), "compilations": len(compiling)})
 
 with runtime.scope():
     model = build_model(exp)
     compile_for_training(model, exp.train, exp.train.learning_rate, spec["epochs"] * feed.steps, runtime)
     model.fit(train, validation_data=val, epochs=spec["epochs"], callbacks=[*callbacks, Clock()], verbose=0)
-print(json.dumps({"images": len(images), "validation_images": len(data.validation.images[:limit]),
+print(json.dumps({"images": min(len(images), feed.steps * batch), "validation_images": len(data.validation.images[:limit]),
                   "epochs": Clock.rows, "runtime": runtime.record()}))
 """
 
 
 def speed_child(data_dir: Path, config: Path, feed: str, batch: int, epochs: int, train_images: int | None,
-                validation_images: int | None) -> dict:
+                validation_images: int | None, compile_cache: Path) -> dict:
     spec = {"config": str(config), "feed": feed, "batch": batch, "epochs": epochs, "data_dir": str(data_dir),
             "train_images": train_images, "validation_images": validation_images}
-    out = subprocess.run([sys.executable, "-c", SPEED_CHILD, json.dumps(spec)], capture_output=True, text=True)
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(compile_cache)}
+    out = subprocess.run([sys.executable, "-c", SPEED_CHILD, json.dumps(spec)], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -282,23 +291,30 @@ def bench_accelerator(data_dir: Path, config: Path, batches: list[int], epochs: 
     """The tuned CNN's training rate with the real augmented pipeline against synthetic tensors, and its start-up.
 
     Each epoch after the first is a steady one; start-up = the first epoch minus the median steady one
-    (compilation, tf.data start, autotuning). Both feeds run the runner's own runtime (`auto`).
+    (compilation, tf.data start, autotuning). Both feeds run the runner's own runtime (`auto`). Every
+    child starts with an empty JAX compilation cache (a user's first run), except "pipeline, cached",
+    which repeats the pipeline run on the cache the first one filled (a resumed or repeated run).
     """
     results = {}
     for batch in batches:
         row = {}
-        for feed in ("pipeline", "synthetic"):
-            log(f"  batch {batch}: {feed}")
-            child = speed_child(data_dir, config, feed, batch, epochs, train_images, validation_images)
-            steady = child["epochs"][1:]
-            train_seconds = statistics.median(e["train_seconds"] for e in steady)
-            epoch_seconds = statistics.median(e["epoch_seconds"] for e in steady)
-            row[feed] = {"images_per_second": rate(child["images"], train_seconds),
-                         "steady_epoch_seconds": round(epoch_seconds, 2),
-                         "first_epoch_seconds": round(child["epochs"][0]["epoch_seconds"], 2),
-                         "startup_seconds": round(child["epochs"][0]["epoch_seconds"] - epoch_seconds, 2)}
-            results.update(runtime=child["runtime"], images=child["images"],
-                           validation_images=child["validation_images"])
+        with tempfile.TemporaryDirectory() as cache_root:
+            for feed, cache in (("pipeline", "first"), ("synthetic", "other"), ("pipeline, cached", "first")):
+                log(f"  batch {batch}: {feed}")
+                child = speed_child(data_dir, config, feed.split(",")[0], batch, epochs, train_images,
+                                    validation_images, Path(cache_root) / cache)
+                first, steady = child["epochs"][0], child["epochs"][1:]
+                train_seconds = statistics.median(e["train_seconds"] for e in steady)
+                epoch_seconds = statistics.median(e["epoch_seconds"] for e in steady)
+                row[feed] = {"images_per_second": rate(child["images"], train_seconds),
+                             "steady_epoch_seconds": round(epoch_seconds, 2),
+                             "first_epoch_seconds": round(first["epoch_seconds"], 2),
+                             "startup_seconds": round(first["epoch_seconds"] - epoch_seconds, 2),
+                             "first_epoch_compile_seconds": round(first["compile_seconds"], 2),
+                             "first_epoch_compilations": first["compilations"],
+                             "steady_epoch_compilations": max(e["compilations"] for e in steady)}
+                row["images"] = child["images"]  # whole batches of this size
+                results.update(runtime=child["runtime"], validation_images=child["validation_images"])
         row["ratio"] = round(row["pipeline"]["images_per_second"] / row["synthetic"]["images_per_second"], 3)
         results[f"batch {batch}"] = row
     return results
@@ -307,6 +323,18 @@ def bench_accelerator(data_dir: Path, config: Path, batches: list[int], epochs: 
 def accelerator_name(runtime: dict) -> str:
     names = [a["name"] for a in runtime.get("accelerators", [])]
     return names[0] if names else "CPU only"
+
+
+def startup(feed: dict) -> str:
+    seconds, details = feed["startup_seconds"], []
+    if seconds < 0:  # epochs vary more than start-up costs (a busy CPU, few steps)
+        details.append(f"first epoch {-seconds} s shorter than a steady one")
+    if feed["first_epoch_compilations"]:
+        details.append(f"{feed['first_epoch_compile_seconds']} s in XLA, {feed['first_epoch_compilations']} programs")
+    if feed["steady_epoch_compilations"]:
+        details.append(f"{feed['steady_epoch_compilations']} programs compiled again in a steady epoch")
+    text = f"{seconds} s" if seconds >= 0 else "none measurable"
+    return text + (f" ({'; '.join(details)})" if details else "")
 
 
 def accelerator_markdown(report: dict) -> str:
@@ -319,18 +347,22 @@ def accelerator_markdown(report: dict) -> str:
         f"Measured {report['date']} on {device}; Keras on {runtime['backend']}, mixed precision "
         f"{'on' if runtime['mixed_precision'] else 'off'}, XLA {'on' if runtime['jit_compile'] else 'off'}, "
         f"{runtime['steps_per_execution']} training step(s) per execution (all as `auto` chose them); {report['config']}, "
-        f"{speed['images']:,} training and {speed['validation_images']:,} validation images an epoch, "
+        f"{'the first ' + format(report['train_images'], ',') if report['train_images'] else 'all'} training images "
+        f"in whole batches, {speed['validation_images']:,} validation images, "
         f"{report['epochs']} epochs per timing (the first is start-up; the others' median is the steady epoch).",
         "",
-        "| batch | real augmented pipeline | one batch held in memory (ceiling) | pipeline / ceiling | start-up (first epoch - steady) |",
-        "|---|---|---|---|---|",
+        "| batch (images an epoch) | real augmented pipeline | one batch held in memory (ceiling) | pipeline / ceiling "
+        "| start-up, first run | start-up, run again (on JAX: compiled programs cached) |",
+        "|---|---|---|---|---|---|",
     ]
     for key, row in speed.items():
         if not key.startswith("batch "):
             continue
-        lines.append(f"| {key[6:]} | {row['pipeline']['images_per_second']:,.0f} images/s | "
+        lines.append(f"| {key[6:]} ({row['images']:,}) | {row['pipeline']['images_per_second']:,.0f} images/s | "
                      f"{row['synthetic']['images_per_second']:,.0f} images/s | {row['ratio']:.1%} | "
-                     f"{row['pipeline']['startup_seconds']} s |")
+                     f"{startup(row['pipeline'])} | {startup(row['pipeline, cached'])} |")
+    lines += ["", "Start-up is the first epoch minus a steady one. On JAX, the brackets give the first epoch's time in "
+              "XLA (compiling, or loading a compiled program from the cache) and the number of programs."]
     return "\n".join(lines) + "\n"
 
 
@@ -466,7 +498,7 @@ def main() -> None:
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine()}
     if args.accelerator:
         report.update(config=str(args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config),
-                      epochs=args.epochs)
+                      epochs=args.epochs, train_images=args.train_images)
         report["accelerator"] = bench_accelerator(args.data_dir, args.config, args.batch_sizes, args.epochs,
                                                   args.train_images, args.validation_images)
         runtime = report["accelerator"]["runtime"]
