@@ -83,8 +83,7 @@ def pytest_collection_finish(session):
 
 def tiny_overrides(config: Path) -> list[str]:
     """Make any config train in seconds: a few images per class, one epoch, small inputs, no downloads."""
-    # 6 images a class: 42 for seven classes, 12 for two; batches of 14 leave no smaller last batch, which
-    # XLA would compile a second time.
+    # 6 images a class: 42 for seven classes (three whole batches of 14), 12 for two (one batch).
     overrides = ["data.max_per_class=6", "train.epochs=1", "train.batch_size=14", "train.early_stopping_patience=null"]
     import yaml
 

@@ -1,5 +1,6 @@
 """A run killed mid-training and started again with the same command ends as if never interrupted."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -9,11 +10,12 @@ import time
 
 import pandas as pd
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from fer_bench.artifacts import RunDirectory
 from fer_bench.cli import app
+from fer_bench.config import to_dict
+from fer_bench.runner import _same_experiment, load_experiment
 from conftest import REPO, make_fer_folder
 
 CLASSES = "[angry, happy, surprise]"
@@ -114,17 +116,23 @@ def test_restart_starts_afresh_and_a_changed_config_is_refused(tmp_path, env, fe
     changed = subprocess.run(args[:-2] + ["--set", "model.params.filters=[16]"], env=env, capture_output=True, text=True)
     assert changed.returncode == 1
     assert "holds an unfinished run of a different config; pass --restart" in changed.stderr
-    # A run checkpointed by an earlier fer-bench, whose config.yaml lacks keys added since, resumes.
-    saved = tmp_path / "run" / "config.yaml"
-    earlier = yaml.safe_load(saved.read_text())
-    del earlier["runtime"]["backend"], earlier["runtime"]["steps_per_execution"]
-    saved.write_text(yaml.safe_dump(earlier))
-    same = subprocess.run(args, env=env, capture_output=True, text=True)
-    assert same.returncode == 0, same.stderr[-2000:]
-    assert "resumed " in same.stderr and " after epoch " in same.stderr
     fresh = subprocess.run(args + ["--restart"], env=env, capture_output=True, text=True)
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert "resumed" not in fresh.stderr
+
+
+def test_a_run_begun_by_an_earlier_fer_bench_counts_as_the_same_experiment(tmp_path):
+    """Its config.yaml lacks the keys added since (their defaults apply); a value it set that changed still counts."""
+    exp = load_experiment(REPO / "configs" / "custom_cnn.yaml", ["train.epochs=4"])
+    exp = dataclasses.replace(exp, name="run")
+    run = RunDirectory(tmp_path / "run").create()
+    earlier = to_dict(exp)
+    del earlier["runtime"]["backend"], earlier["runtime"]["steps_per_execution"]
+    run.write_yaml("config.yaml", earlier)
+    assert _same_experiment(run, exp)
+    assert not _same_experiment(run, dataclasses.replace(exp, train=dataclasses.replace(exp.train, epochs=5)))
+    run.write_text("config.yaml", "model: {name: no_such_model}\n")
+    assert not _same_experiment(run, exp)
 
 
 def wait_for(condition, timeout=120):
