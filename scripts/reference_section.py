@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from fer_bench.compare import accelerators_used
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -26,11 +28,7 @@ def _minutes(status: dict) -> float:
 
 
 def _hardware(environment: dict) -> str:
-    runtime = environment.get("runtime") or {}
-    gpus = [d for d in runtime.get("devices", []) if "GPU" in d]
-    if gpus:
-        return f"{len(gpus)} GPU"
-    return f"{environment.get('cpu', 'CPU')}, {environment.get('cpu_count')} cores, no GPU"
+    return accelerators_used(environment) or f"{environment.get('cpu', 'CPU')}, {environment.get('cpu_count')} cores, no GPU"
 
 
 def _how(metrics: dict, config: dict) -> str:

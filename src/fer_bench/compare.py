@@ -68,18 +68,25 @@ def _settings(run: Run) -> str:
     return ", ".join(parts)
 
 
-def trained_on(environment: dict) -> str:
-    """Where a run trained, from its environment.json: the accelerator (else the CPU) and the Keras backend."""
+def accelerators_used(environment: dict) -> str | None:
+    """The GPUs (or TPUs) a run trained on, from its environment.json: "NVIDIA H100 80GB HBM3 x2"; None for the CPU."""
     runtime = environment.get("runtime") or {}
     gpus = [a["name"] for a in runtime.get("accelerators") or [] if a.get("name")]
     if gpus:
-        device = gpus[0] + (f" x{len(gpus)}" if len(gpus) > 1 else "")
-    elif any("GPU" in str(d).upper() for d in runtime.get("devices") or []):
-        device = "GPU"  # recorded before accelerators were named
-    elif environment.get("cpu_count"):
+        return gpus[0] + (f" x{len(gpus)}" if len(gpus) > 1 else "")
+    if any("GPU" in str(d).upper() for d in runtime.get("devices") or []):
+        return "GPU"  # recorded before accelerators were named
+    return None
+
+
+def trained_on(environment: dict) -> str:
+    """Where a run trained, from its environment.json: the accelerator (else the CPU) and the Keras backend."""
+    runtime = environment.get("runtime") or {}
+    device = accelerators_used(environment)
+    if device is None:
+        if not environment.get("cpu_count"):
+            return "-"
         device = f"CPU x{environment['cpu_count']}"
-    else:
-        return "-"
     backend = runtime.get("backend") or environment.get("keras_backend")
     return f"{device} ({backend})" if backend and runtime else device
 
