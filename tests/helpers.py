@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import yaml
@@ -59,6 +62,9 @@ def check_run(path: Path, classes: tuple[str, ...], model_file: str | None = "mo
     assert {"python", "packages", "started", "finished"} <= set(environment)
     if model_file == "model.keras":
         assert environment["keras_backend"] in ("tensorflow", "jax", "torch")
+        with zipfile.ZipFile(path / "model.keras") as saved:
+            with h5py.File(io.BytesIO(saved.read("model.weights.h5"))) as weights:
+                assert "optimizer" not in weights, "a run keeps the network, not the optimizer's state"
     if model_file:
         assert "log.txt" in {p.name for p in path.iterdir()}
         assert environment["data"]["fingerprint"] == metrics["data_fingerprint"]

@@ -84,11 +84,23 @@ def load_model(path: Path | str) -> Any:
     if not path.is_file():
         raise FerBenchError(f"model file not found: {path}")
     try:
-        # compile=False: inference needs no optimizer, and restoring one saved under another precision
-        # policy (a mixed-precision GPU run loaded on a CPU) only warns about variables it skips.
+        # compile=False: inference needs no optimizer. Files written before runs were saved without one
+        # still hold it, and restoring it under another precision policy only warns about skipped variables.
         return keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
         raise FerBenchError(f"cannot load {path} as a Keras model ({exc.__class__.__name__})") from None
+
+
+def for_inference(model: Any) -> Any:
+    """The trained network as a new, uncompiled model over the same layers (nothing is copied).
+
+    What a run keeps and predicts with needs no optimizer: saved with it, Adam's two moments would make
+    `model.keras` three times the size of the weights, and a file written under mixed precision would
+    warn about optimizer variables it skips wherever it is loaded in float32.
+    """
+    import keras
+
+    return keras.Model(model.inputs, model.outputs, name=model.name)
 
 
 # --- builders --------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import numpy as np
 from fer_bench.backends import Distribution
 from fer_bench.config import AUTO, Experiment, RuntimeConfig, TrainConfig
 from fer_bench.data import FerData
-from fer_bench.models import BACKBONE_LAYER, build_model
+from fer_bench.models import BACKBONE_LAYER, build_model, for_inference
 from fer_bench.pipeline import EpochFeed, epoch_class_counts, evaluation_dataset
 
 
@@ -191,7 +191,7 @@ def _set_trainable(model: Any, phase: str, unfreeze_top: int) -> None:
 
 
 def train_model(exp: Experiment, data: FerData, runtime: Runtime, checkpoint_dir: Path | None = None) -> TrainingResult:
-    """Build, compile and fit the configured model; return it with the best validation weights restored.
+    """Build, compile and fit the configured model; return it, uncompiled, with the best validation weights.
 
     With `checkpoint_dir`, every epoch is checkpointed there and a later call with the same
     arguments continues from the last completed epoch, ending exactly as an uninterrupted run.
@@ -261,7 +261,7 @@ def train_model(exp: Experiment, data: FerData, runtime: Runtime, checkpoint_dir
         if checkpoint is not None:
             checkpoint.complete_phase()
     best.restore(model)
-    return TrainingResult(model=model, history=history, best_epoch=best.best_epoch, phase_seconds=seconds,
+    return TrainingResult(model=for_inference(model), history=history, best_epoch=best.best_epoch, phase_seconds=seconds,
                           runtime=runtime.record(), global_batch_size=global_batch,
                           imbalance=imbalance_record(cfg, data.train.labels, data.classes))
 
