@@ -8,8 +8,9 @@ import pytest
 from typer.testing import CliRunner
 
 from fer_bench.cli import app
-from fer_bench.compare import trained_on
-from fer_bench.evaluate import bootstrap_scores, confidence_interval, mcnemar_exact
+from fer_bench.artifacts import Run
+from fer_bench.compare import significance_table, significance_text, trained_on
+from fer_bench.evaluate import bootstrap_scores, confidence_interval, holm_adjusted, mcnemar_exact
 from helpers import check_run
 
 runner = CliRunner()
@@ -27,6 +28,38 @@ def test_mcnemar_matches_the_hand_computed_binomial():
     assert (a_only, b_only) == (10, 2)
     assert p == pytest.approx(2 * (1 + 12 + 66) / 4096)
     assert mcnemar_exact(a, a) == (0, 0, 1.0)
+
+
+def test_holm_matches_the_hand_computed_step_down():
+    # sorted: 0.005 x 4, 0.01 x 3, 0.03 x 2, 0.04 x 1 -> 0.02, 0.03, 0.06, 0.04 -> never lower than the one before
+    assert holm_adjusted([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm_adjusted([0.5, 0.6]).tolist() == [1.0, 1.0]
+    assert holm_adjusted([]).tolist() == []
+
+
+def scored_run(name: str, wrong: int, fingerprint: str = "same", images: int = 100) -> Run:
+    """A run whose test predictions miss the first `wrong` of `images` images."""
+    predicted = ["sad"] * wrong + ["happy"] * (images - wrong)
+    predictions = pd.DataFrame({"split": "test", "file": [f"{i}.png" for i in range(images)], "true": "happy",
+                                "predicted": predicted})
+    return Run(name, None, {"classes": ["happy", "sad"], "data_fingerprint": fingerprint}, {}, predictions, None)
+
+
+def test_verdicts_hold_over_all_the_pairs_tested_and_the_console_gets_the_neighbours():
+    runs = [scored_run("a", 0), scored_run("d", 0), scored_run("other", 3, fingerprint="elsewhere"),
+            scored_run("b", 6), scored_run("c", 40)]
+    table = significance_table(runs, "test")
+    assert len(table) == 6  # every pair of a, d, b, c; the run on other data is tested against none
+    b_vs_a = table[(table["run_a"] == "a") & (table["run_b"] == "b")].iloc[0]
+    # b misses 6 images a gets right: p = 2 * 0.5^6, below 0.05 alone; 3rd smallest of 6, so x3 after Holm
+    assert b_vs_a["p_value"] == pytest.approx(0.03125) and b_vs_a["p_adjusted"] == pytest.approx(0.09375)
+    assert b_vs_a["summary"] == "a vs b: no significant difference (adjusted p=0.0938)"
+    text = significance_text(table, [run.name for run in runs])
+    assert "adjusted by Holm's method for the 6 pairs tested" in text[0]
+    assert text[1:] == ["a vs d: no significant difference (adjusted p=1)",
+                        "d vs b: no significant difference (adjusted p=0.0938)",
+                        "b beats c (adjusted p=4.66e-10)"]  # 2 * 0.5^34, x4 as the 3rd smallest
+    assert significance_text(significance_table(runs[:1], "test"), ["a"]) == []
 
 
 def test_bootstrap_is_seeded_and_has_the_sampling_spread():

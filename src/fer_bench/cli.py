@@ -95,7 +95,7 @@ def compare(
     typer.echo(result["markdown"])
     for note in result["notes"]:
         typer.echo(note)
-    for line in result["significance"]["summary"]:
+    for line in result["significance_text"]:
         typer.echo(line)
     typer.echo(f"wrote comparison.csv, comparison.md, significance.csv and charts to {result['out']}")
 

@@ -18,7 +18,7 @@ import pandas as pd
 from fer_bench.artifacts import STATUS_FILE, Run, RunDirectory, read_run
 from fer_bench.config import AugmentConfig
 from fer_bench.errors import RunError
-from fer_bench.evaluate import bootstrap_scores, confidence_interval, mcnemar_exact
+from fer_bench.evaluate import bootstrap_scores, confidence_interval, holm_adjusted, mcnemar_exact
 
 METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "weighted_f1")
 SORT_KEYS = (*METRICS, "name", "training_seconds", "parameters")
@@ -126,7 +126,11 @@ def comparison_table(runs: list[Run], split: str, num_resamples: int = 1000) -> 
 
 
 def significance_table(runs: list[Run], split: str) -> pd.DataFrame:
-    """McNemar's exact test for every pair of runs scored on the same images of `split`."""
+    """McNemar's exact test for every pair of runs scored on the same images of `split`.
+
+    With many runs, some pairs would pass p < 0.05 by chance alone: each verdict reads the p-value
+    adjusted by Holm's method over all the pairs tested.
+    """
     scored = []
     for run in runs:
         predictions = run.split_predictions(split)
@@ -139,15 +143,38 @@ def significance_table(runs: list[Run], split: str) -> pd.DataFrame:
         if key_a != key_b:
             continue  # other data or other images: not a paired comparison
         a_only, b_only, p_value = mcnemar_exact(correct_a, correct_b)
-        better, worse = (a, b) if correct_a.mean() >= correct_b.mean() else (b, a)
-        if p_value < SIGNIFICANCE_LEVEL:
-            verdict = f"{better.name} beats {worse.name}, p={p_value:.3g}"
-        else:
-            verdict = f"{a.name} vs {b.name}: no significant difference, p={p_value:.3g}"
         rows.append({"run_a": a.name, "run_b": b.name, "accuracy_a": correct_a.mean(), "accuracy_b": correct_b.mean(),
-                     "a_right_b_wrong": a_only, "a_wrong_b_right": b_only, "p_value": p_value, "summary": verdict})
-    return pd.DataFrame(rows, columns=["run_a", "run_b", "accuracy_a", "accuracy_b", "a_right_b_wrong",
-                                       "a_wrong_b_right", "p_value", "summary"])
+                     "a_right_b_wrong": a_only, "a_wrong_b_right": b_only, "p_value": p_value})
+    table = pd.DataFrame(rows, columns=["run_a", "run_b", "accuracy_a", "accuracy_b", "a_right_b_wrong",
+                                        "a_wrong_b_right", "p_value", "p_adjusted", "summary"])
+    table["p_adjusted"] = holm_adjusted(table["p_value"].to_numpy())
+    table["summary"] = [_verdict(row) for row in table.itertuples(index=False)]
+    return table
+
+
+def _verdict(row: Any) -> str:
+    if row.p_adjusted < SIGNIFICANCE_LEVEL:
+        better, worse = (row.run_a, row.run_b) if row.accuracy_a >= row.accuracy_b else (row.run_b, row.run_a)
+        return f"{better} beats {worse} (adjusted p={row.p_adjusted:.3g})"
+    return f"{row.run_a} vs {row.run_b}: no significant difference (adjusted p={row.p_adjusted:.3g})"
+
+
+def neighbour_verdicts(significance: pd.DataFrame, order: list[str]) -> list[str]:
+    """The verdicts for runs next to each other in `order` (of those tested): is each step down the table real?"""
+    verdicts = {frozenset(pair): summary for *pair, summary in
+                significance[["run_a", "run_b", "summary"]].itertuples(index=False)}
+    tested = [name for name in order if any(name in pair for pair in verdicts)]
+    return [verdicts[frozenset(pair)] for pair in zip(tested, tested[1:]) if frozenset(pair) in verdicts]
+
+
+def significance_text(significance: pd.DataFrame, order: list[str]) -> list[str]:
+    """What compare says of significance: how the tests were made, then the verdicts for neighbouring runs."""
+    if significance.empty:
+        return []
+    pairs = len(significance)
+    return [f"McNemar's exact test on the same images, p adjusted by Holm's method for the {pairs} "
+            f"pair{'s' * (pairs > 1)} tested; here runs next to each other in the table, every pair in significance.csv:",
+            *neighbour_verdicts(significance, order)]
 
 
 def markdown_table(table: pd.DataFrame, metric: str) -> str:
@@ -197,11 +224,11 @@ def compare_runs(root: Path, out: Path | None = None, split: str = "test", metri
     if (table["data"] == "DIFFERENT").any():
         notes.append("Runs marked DIFFERENT were made on other data (their data fingerprint differs); "
                      "their numbers are not comparable with the rest.")
-    summary_lines = significance["summary"].tolist()
+    tests = significance_text(significance, list(table["name"]))
     folder.write_text("comparison.md", f"# Comparison on the {split} split\n\n{markdown}\n"
                       + "".join(f"{n}\n" for n in notes)
-                      + ("\n## McNemar's exact test\n\n" + "".join(f"- {s}\n" for s in summary_lines)
-                         if summary_lines else ""))
+                      + (f"\n## Significance\n\n{tests[0]}\n\n" + "".join(f"- {s}\n" for s in tests[1:])
+                         if tests else ""))
     folder.write_table("significance.csv", significance)
     folder.write_figure("comparison.png", charts.comparison_figure(table, split))
     other_data = dict(zip(table["name"], table["data"] == "DIFFERENT"))
@@ -215,7 +242,8 @@ def compare_runs(root: Path, out: Path | None = None, split: str = "test", metri
     if curves:
         folder.write_figure("training_curves.png", charts.validation_curves_figure(
             [(r.name, r.history) for r in curves], [other_data[r.name] for r in curves]))
-    return {"table": table, "markdown": markdown, "significance": significance, "notes": notes, "out": out}
+    return {"table": table, "markdown": markdown, "significance": significance, "significance_text": tests,
+            "notes": notes, "out": out}
 
 
 def _confusion(run: Run, split: str) -> np.ndarray:

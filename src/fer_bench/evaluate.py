@@ -134,3 +134,14 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, in
         return a_only, b_only, 1.0
     # Two-sided exact binomial test at p = 0.5 (symmetric, so twice the smaller tail).
     return a_only, b_only, float(min(1.0, 2 * binom.cdf(min(a_only, b_only), a_only + b_only, 0.5)))
+
+
+def holm_adjusted(p_values: np.ndarray | list[float]) -> np.ndarray:
+    """Holm's step-down adjustment: each p-value made to hold its level over all the tests made together."""
+    p_values = np.asarray(p_values, dtype=float)
+    order = np.argsort(p_values, kind="stable")
+    tests = len(p_values)
+    stepped = np.maximum.accumulate((tests - np.arange(tests)) * p_values[order])
+    adjusted = np.empty(tests)
+    adjusted[order] = np.minimum(stepped, 1.0)
+    return adjusted
