@@ -4,7 +4,7 @@ from PIL import Image
 
 from fer_bench import EMOTIONS
 from fer_bench.config import DataConfig
-from fer_bench.data import inspect_data, load_data, stratified_indices
+from fer_bench.data import data_notices, inspect_data, load_data, stratified_indices
 from fer_bench.errors import ConfigError, DataError
 from conftest import make_fer_folder, synthetic_face
 
@@ -71,7 +71,7 @@ def test_stratified_indices_are_seeded_and_per_class():
     assert picked.tolist() == stratified_indices(labels, 0.2, seed=3).tolist()
 
 
-def test_corrupt_and_empty_images_are_skipped_and_listed(tmp_path, capsys):
+def test_corrupt_and_empty_images_are_skipped_and_listed(tmp_path):
     root = make_fer_folder(tmp_path, counts=(3, 2, 2), classes=("happy", "sad"))
     (root / "train" / "happy" / "Training_bad.jpg").write_bytes(b"not an image at all")
     (root / "train" / "sad" / "Training_empty.png").write_bytes(b"")
@@ -80,15 +80,17 @@ def test_corrupt_and_empty_images_are_skipped_and_listed(tmp_path, capsys):
     reasons = dict(data.skipped)
     assert reasons["train/happy/Training_bad.jpg"].startswith("unreadable image")
     assert reasons["train/sad/Training_empty.png"] == "empty file"
-    assert "skipped train/happy/Training_bad.jpg" in capsys.readouterr().err
+    notices = data_notices(data.skipped, data.resized)
+    assert notices[0] == "warning: skipped 2 unreadable or malformed items (all listed in environment.json, data.skipped):"
+    assert any(line.startswith("  train/happy/Training_bad.jpg: unreadable image") for line in notices)
 
 
-def test_wrong_size_and_colour_are_converted_with_a_notice(tmp_path, capsys):
+def test_wrong_size_and_colour_are_converted_with_a_notice(tmp_path):
     root = make_fer_folder(tmp_path, counts=(2, 1, 1), classes=("happy", "sad"))
     Image.new("RGB", (100, 80), (200, 10, 10)).save(root / "train" / "happy" / "Training_big.png")
     data = load(root, classes=("happy", "sad"))
     assert data.resized == 1 and data.train.images.shape[1:] == (48, 48)
-    assert "1 images were not 48x48 grey" in capsys.readouterr().err
+    assert data_notices(data.skipped, data.resized) == ["notice: 1 images were not 48x48 grey and were converted on load"]
 
 
 def test_missing_empty_and_unknown_class_folders_are_data_errors(tmp_path):

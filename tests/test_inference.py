@@ -45,7 +45,7 @@ def test_predict_on_crops_photos_and_bad_files(trained_runs, tmp_path):
     out = invoke("predict", trained_runs / "custom_cnn", photos, "--annotate", tmp_path / "annotated")
     assert out.exit_code == 1, out.output
     lines = out.output.strip().splitlines()
-    assert any(line.startswith(f"{photos / 'crop.png'}: face 1 at (0, 0, 48, 48): ") for line in lines)
+    assert any(line.startswith(f"{photos / 'crop.png'}: face 1 at x=0 y=0 width=48 height=48: ") for line in lines)
     assert f"{photos / 'noise.jpg'}: no face found" in lines
     assert f"error: {photos / 'notes.png'}: not a readable image" in lines
     assert (tmp_path / "annotated" / "crop_annotated.png").is_file()
@@ -83,7 +83,9 @@ def test_predict_finds_a_face_in_a_larger_photo_and_crops_it_as_in_training(trai
     assert out.exit_code == 0, out.output
     (result,) = json.loads(out.stdout)
     assert len(result["faces"]) == 1
-    x, y, w, h = result["faces"][0]["box"]
+    box = result["faces"][0]["box"]
+    assert list(box) == ["x", "y", "width", "height"]  # the JSON says what each number is
+    x, y, w, h = box.values()
     assert 120 < x < 200 and 60 < y < 120 and 140 < w < 230
     # framed like FER-2013: the crop covers the pasted face square closely, more closely than the raw box
     boxes, crops = faces_in(np.asarray(photo), load_detector(detector), detector)
@@ -248,7 +250,7 @@ def test_annotations_scale_with_the_photo_and_say_when_no_face_was_found(trained
     from fer_bench.inference import _annotate
 
     big = Image.new("RGB", (4000, 3000), (128, 128, 128))
-    face = {"box": [1000, 1000, 800, 800], "emotion": "happy", "top3": [["happy", 0.9], ["angry", 0.05], ["surprise", 0.05]]}
+    face = {"box": {"x": 1000, "y": 1000, "width": 800, "height": 800}, "emotion": "happy", "top3": [["happy", 0.9], ["angry", 0.05], ["surprise", 0.05]]}
     labelled = np.asarray(Image.open(_annotate(big, [face], Path("big.png"), tmp_path)))
     label_rows = np.flatnonzero(((labelled[:1000, 1000:1400] == (255, 64, 64)).all(axis=2)).any(axis=1))
     assert label_rows.max() - label_rows.min() >= 4000 // 40  # the label box: 2.5% of the photo, not 10 px

@@ -63,6 +63,13 @@ def _atomic(path: Path, write: Any) -> None:
         raise FerBenchError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def check_name(name: str, option: str = "--name") -> str:
+    """A run or evaluation name is one folder name: it never reaches outside the results folder."""
+    if not name or name in (".", "..") or any(sep in name for sep in ("/", "\\")) or name != name.strip():
+        raise FerBenchError(f"{option} must be one folder name (no '/', no '..', not empty); got {name!r}")
+    return name
+
+
 class RunDirectory:
     """One run's folder under the results directory."""
 
@@ -324,8 +331,8 @@ def read_run(path: Path, name: str) -> Run:
     run = RunDirectory(path)
     state = run.state()
     if state == "interrupted":
-        raise RunError(f"{name}: interrupted (its process ended while training; run the same command again to "
-                       "resume it)")
+        raise RunError(f"{name}: interrupted (its process ended or was stopped while training; run the same command "
+                       "again to resume it)")
     if state != "finished":
         raise RunError(f"{name}: not finished (status {state or 'missing'})")
 

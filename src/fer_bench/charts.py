@@ -184,13 +184,17 @@ def confusion_grid_figure(names: Sequence[str], matrices: Sequence[np.ndarray], 
     fig, axes = plt.subplots(rows, columns, figsize=(3.8 * columns, 3.8 * rows), squeeze=False)
     annotate = shown <= 8
     other_data = list(other_data) if other_data is not None else [False] * len(names)
+    image = None
     for ax, name, matrix, labels, other in zip(axes.flat, names, matrices, classes, other_data):
         normalised = row_normalise(matrix)
-        ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+        image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)  # NaN rows (no images) stay blank
+        for row in np.flatnonzero(np.isnan(normalised).all(axis=1)):
+            ax.text((len(labels) - 1) / 2, row, "no images", ha="center", va="center", fontsize=7, color="grey")
         if annotate:
             for (row, column), value in np.ndenumerate(normalised):
-                ax.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if value > 0.6 else "black")
+                if not np.isnan(value):
+                    ax.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if value > 0.6 else "black")
         ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(labels)), labels, fontsize=8)
         ax.set_title(_label(name, other), fontsize=9)
@@ -203,7 +207,11 @@ def confusion_grid_figure(names: Sequence[str], matrices: Sequence[np.ndarray], 
         title += f": the first {shown} of {len(names)} runs"
     height = 3.8 * rows
     fig.suptitle(title, fontsize=13, y=1 - 0.15 / height)
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.85 / height, top=1 - 0.75 / height, wspace=0.45, hspace=0.55)
+    bottom, top, right = 0.85 / height, 1 - 0.75 / height, 1 - 0.9 / (3.8 * columns)
+    fig.subplots_adjust(left=0.08, right=right, bottom=bottom, top=top, wspace=0.45, hspace=0.55)
+    if image is not None:
+        scale = fig.add_axes((right + 0.25 / (3.8 * columns), bottom, 0.12 / (3.8 * columns), top - bottom))
+        fig.colorbar(image, cax=scale, label="fraction of the true class")
     return fig
 
 
@@ -223,9 +231,13 @@ def validation_curves_figure(curves: Sequence[tuple[str, object]], other_data: S
     for index, ((name, history), other) in enumerate(zip(curves, other_data)):
         epochs, accuracy = np.asarray(history["epoch"]), np.asarray(history["val_accuracy"], dtype=float)
         best = int(np.nanargmax(accuracy)) if np.isfinite(accuracy).any() else 0
+        step = max(len(epochs) // 12, 2)
+        # Each line is drawn thinner than the one before it, over it, and its markers sit at other epochs:
+        # a run whose curve is the very same as an earlier one's still shows that earlier run around it.
+        width = 1.4 + 3.0 * (1 - index / max(len(curves) - 1, 1))
         ax.plot(epochs, accuracy, color=palette[index % 10], linestyle=LINE_STYLES[(index // 10) % len(LINE_STYLES)],
-                marker=MARKERS[index % len(MARKERS)], markersize=4, markevery=max(len(epochs) // 12, 1),
-                linewidth=1.6, alpha=0.85,
+                marker=MARKERS[index % len(MARKERS)], markersize=3 + width, markevery=(index % step, step),
+                linewidth=width, alpha=0.9,
                 label=f"{_label(name, other)}\n  best {accuracy[best]:.3f} at epoch {epochs[best]}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fer_bench.config import Experiment, SearchConfig
+from fer_bench.config import Experiment, SearchConfig, check_arguments
 from fer_bench.console import ProgressBar, working
 from fer_bench.data import FerData, cache_dir, stratified_indices
 from fer_bench.errors import ConfigError, FerBenchError, RunError
@@ -76,11 +76,17 @@ def check_feature_config(exp: Experiment) -> None:
     unknown = sorted(set(exp.model.params) - set(allowed))
     if unknown:
         raise ConfigError(f"unknown key 'model.params.{unknown[0]}' for {name}; allowed: {sorted(allowed)}")
+    check_arguments("model.params", CLASSIFIERS[name], exp.model.params, ("seed",))
+    _check_estimator_params("model.params", name, exp.model.params)
     for key, values in exp.search.grid.items():
         if "__" not in key and key not in allowed:
             raise ConfigError(f"unknown key 'search.grid.{key}' for {name}; allowed: {sorted(allowed)}")
         if not values:
             raise ConfigError(f"search.grid.{key} must list at least one value")
+        if "__" not in key:
+            for value in values:
+                check_arguments("search.grid", CLASSIFIERS[name], {key: value}, ("seed",))
+                _check_estimator_params("search.grid", name, {**exp.model.params, key: value})
     if features is None:
         raise ConfigError(f"model {name} classifies features: add a `features` section (extractor: cnn, hog or pixels)")
     if exp.model.weights is not None or exp.model.fine_tune is not None:
@@ -99,6 +105,15 @@ def check_feature_config(exp: Experiment) -> None:
                 raise ConfigError(f"features.from_run: {source} is not a CNN run (no model.keras)")
     elif features.from_run is not None or features.cnn_config is not None:
         raise ConfigError(f"features.from_run and features.cnn_config apply to the cnn extractor, not {features.extractor}")
+
+
+def _check_estimator_params(key: str, name: str, params: dict[str, Any]) -> None:
+    """scikit-learn's own parameter constraints, checked now rather than when the fit starts."""
+    estimator = CLASSIFIERS[name](seed=0, **params)
+    try:
+        estimator._validate_params()  # the check every fit runs first: BaseEstimator._parameter_constraints
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key} for {name}: {str(exc).splitlines()[0]}") from None
 
 
 # --- feature extractors ----------------------------------------------------------------------
@@ -297,6 +312,15 @@ def grid_search(pipeline: Any, search: SearchConfig, train: tuple[np.ndarray, np
     return SearchResult(best, table, round(time.perf_counter() - start, 2))
 
 
+def _fit_input(pipeline: Any, shape: tuple[int, int]) -> str:
+    """What the classifier itself is fitted on: after a PCA, its components, not the raw features."""
+    samples, width = shape
+    pca = dict(pipeline.steps).get("pca")
+    if pca is None:
+        return f"{samples} x {width} features"
+    return f"{samples} x {pca.n_components} principal components (of {width} features)"
+
+
 @dataclass
 class FitResult:
     model: FeatureModel
@@ -323,7 +347,7 @@ def fit_feature_model(exp: Experiment, data: FerData, source_model: Path | None)
         if search.best_params:
             pipeline.set_params(**{k if "__" in k else f"classifier__{k}": v for k, v in search.best_params.items()})
         tick = time.perf_counter()
-        with working(f"fitting {exp.model.name} on {features['train'].shape[0]} x {features['train'].shape[1]} features"):
+        with working(f"fitting {exp.model.name} on {_fit_input(pipeline, features['train'].shape)}"):
             pipeline.fit(features["train"], data.train.labels)
     except ValueError as exc:
         reason = [line for line in str(exc).strip().splitlines() if line.strip()][-1]

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Optional
 import numpy as np
 import typer
 
+from fer_bench.artifacts import check_name
 from fer_bench.errors import FerBenchError
 from fer_bench.faces import DEFAULT_DETECTOR
 
@@ -19,6 +20,20 @@ app = typer.Typer(help="Train, evaluate and compare facial-expression-recognitio
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Get and check the data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from fer_bench import __version__
+
+        typer.echo(f"fer-bench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                   help="print the version and exit")] = False) -> None:
+    """Train, evaluate and compare facial-expression-recognition models on FER-2013."""
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -36,7 +51,7 @@ def one_line_errors(command: Callable) -> Callable:
         except FerBenchError as exc:
             fail(str(exc))
         except KeyboardInterrupt:
-            fail("interrupted", 130)
+            fail("interrupted; a run stopped this way resumes when the same command is run again", 130)
 
     return wrapper
 
@@ -59,6 +74,8 @@ def run(
 
     if name and len(configs) > 1:
         fail("--name names one run; drop it to run several configs")
+    if name is not None:
+        check_name(name)
     # Validate every config before the first one trains: a typo in the fifth should not wait an hour.
     experiments = [load_experiment(path, overrides or []) for path in configs]
     failures = []
@@ -136,7 +153,8 @@ def predict(
                 typer.echo(f"{result['image']}: no face found")
             for number, face in enumerate(result["faces"], start=1):
                 top = ", ".join(f"{c} {p:.2f}" for c, p in face["top3"])
-                typer.echo(f"{result['image']}: face {number} at {tuple(face['box'])}: {face['emotion']} ({top})")
+                box = " ".join(f"{key}={value}" for key, value in face["box"].items())
+                typer.echo(f"{result['image']}: face {number} at {box}: {face['emotion']} ({top})")
     for result in errors:
         typer.echo(f"error: {result['image']}: {result['error']}", err=True)
     if errors:
@@ -165,6 +183,8 @@ def evaluate(
     from fer_bench.inference import SHIPPED_MODEL, evaluate_on_dataset, tta_views
 
     tta_views(np.zeros((0, 48, 48), np.uint8), tta)
+    if name is not None:
+        check_name(name)
     eval_root = results_dir / "shipped" / "eval" if run_dir is None else None
     path, record = evaluate_on_dataset(run_dir or SHIPPED_MODEL, data_dir, mapping, tta, name, overwrite, eval_root)
     test = record["test"]
@@ -185,6 +205,7 @@ def ensemble(
     """Average the test probabilities of several runs into a new run that `compare` ranks beside them."""
     from fer_bench.ensemble import ensemble_runs
 
+    check_name(name)
     path, record = ensemble_runs(runs, name, results_dir)
     typer.echo(f"{name}: test accuracy {record['test']['accuracy']:.4f}, macro-F1 {record['test']['macro_f1']:.4f} "
                f"from {len(runs)} runs -> {path}")

@@ -129,7 +129,8 @@ def significance_table(runs: list[Run], split: str) -> pd.DataFrame:
     """McNemar's exact test for every pair of runs scored on the same images of `split`.
 
     With many runs, some pairs would pass p < 0.05 by chance alone: each verdict reads the p-value
-    adjusted by Holm's method over all the pairs tested.
+    adjusted by Holm's method over the pairs tested on the same data. Each data set is a family of its
+    own, so runs on other data never change the verdicts of the main group.
     """
     scored = []
     for run in runs:
@@ -143,11 +144,14 @@ def significance_table(runs: list[Run], split: str) -> pd.DataFrame:
         if key_a != key_b:
             continue  # other data or other images: not a paired comparison
         a_only, b_only, p_value = mcnemar_exact(correct_a, correct_b)
-        rows.append({"run_a": a.name, "run_b": b.name, "accuracy_a": correct_a.mean(), "accuracy_b": correct_b.mean(),
-                     "a_right_b_wrong": a_only, "a_wrong_b_right": b_only, "p_value": p_value})
-    table = pd.DataFrame(rows, columns=["run_a", "run_b", "accuracy_a", "accuracy_b", "a_right_b_wrong",
+        rows.append({"run_a": a.name, "run_b": b.name, "data": key_a[0], "accuracy_a": correct_a.mean(),
+                     "accuracy_b": correct_b.mean(), "a_right_b_wrong": a_only, "a_wrong_b_right": b_only,
+                     "p_value": p_value})
+    table = pd.DataFrame(rows, columns=["run_a", "run_b", "data", "accuracy_a", "accuracy_b", "a_right_b_wrong",
                                         "a_wrong_b_right", "p_value", "p_adjusted", "summary"])
-    table["p_adjusted"] = holm_adjusted(table["p_value"].to_numpy())
+    families = [table.index[table["data"] == data] for data in table["data"].unique()]
+    for family in families:
+        table.loc[family, "p_adjusted"] = holm_adjusted(table.loc[family, "p_value"].to_numpy(dtype=float))
     table["summary"] = [_verdict(row) for row in table.itertuples(index=False)]
     return table
 
@@ -171,9 +175,12 @@ def significance_text(significance: pd.DataFrame, order: list[str]) -> list[str]
     """What compare says of significance: how the tests were made, then the verdicts for neighbouring runs."""
     if significance.empty:
         return []
-    pairs = len(significance)
-    return [f"McNemar's exact test on the same images, p adjusted by Holm's method for the {pairs} "
-            f"pair{'s' * (pairs > 1)} tested; here runs next to each other in the table, every pair in significance.csv:",
+    sizes = significance["data"].value_counts(sort=False)
+    pairs = " and ".join(f"{n} pair{'s' * (n > 1)}" for n in sizes)
+    family = (f"for the {pairs} tested" if len(sizes) == 1
+              else f"within each data set ({pairs} tested on {len(sizes)} data sets)")
+    return [f"McNemar's exact test on the same images, p adjusted by Holm's method {family}; "
+            "here runs next to each other in the table, every pair in significance.csv:",
             *neighbour_verdicts(significance, order)]
 
 

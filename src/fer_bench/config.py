@@ -8,11 +8,14 @@ key (`train.optimizer`), the allowed values and the value it got.
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Annotated, Any, Union
 
 import yaml
 
@@ -20,32 +23,69 @@ from fer_bench import EMOTIONS
 from fer_bench.errors import ConfigError
 
 
-@dataclass(frozen=True)
-class Options:
-    values: tuple[Any, ...]
+class Constraint:
+    """A rule on a value, kept as data beside the field it constrains."""
+
+    def allows(self, value: Any) -> bool:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
 
     def check(self, key: str, value: Any) -> None:
-        if value not in self.values:
-            raise ConfigError(f"{key} must be one of {list(self.values)}; got {value!r}")
+        if not self.allows(value):
+            raise ConfigError(f"{key} must be {self.describe()}; got {value!r}")
 
 
 @dataclass(frozen=True)
-class Interval:
+class Options(Constraint):
+    values: tuple[Any, ...]
+
+    def allows(self, value: Any) -> bool:
+        # `1 in (True,)` holds in Python: compare types too, so that a bool never passes for a number.
+        return any(value == v and type(value) is type(v) for v in self.values)
+
+    def describe(self) -> str:
+        # In YAML's words: a person writes true, not True.
+        shown = ("true" if v is True else "false" if v is False else repr(v) for v in self.values)
+        return f"one of [{', '.join(shown)}]"
+
+
+@dataclass(frozen=True)
+class Interval(Constraint):
     low: float | None = None
     high: float | None = None
     low_open: bool = False
+    high_open: bool = False
 
-    def check(self, key: str, value: Any) -> None:
+    def allows(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
         too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
-        too_high = self.high is not None and value > self.high
-        if too_low or too_high:
-            low = "-inf" if self.low is None else self.low
-            high = "inf" if self.high is None else self.high
-            bracket = "(" if self.low_open else "["
-            raise ConfigError(f"{key} must be in {bracket}{low}, {high}]; got {value!r}")
+        too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        return not (too_low or too_high)
+
+    def describe(self) -> str:
+        low = "-inf" if self.low is None else self.low
+        high = "inf" if self.high is None else self.high
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
 
 
-def _field(default: Any, constraint: Options | Interval | None = None, doc: str = "") -> Any:
+@dataclass(frozen=True)
+class AnyOf(Constraint):
+    """A union of constraints: 'auto' or a whole number >= 1, -1 or a positive count."""
+
+    options: tuple[Constraint, ...]
+    wording: str = ""  # how a person would say it, where joining the options' own words reads badly
+
+    def allows(self, value: Any) -> bool:
+        return any(option.allows(value) for option in self.options)
+
+    def describe(self) -> str:
+        return self.wording or " or ".join(option.describe() for option in self.options)
+
+
+def _field(default: Any, constraint: Constraint | None = None, doc: str = "") -> Any:
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata={"check": constraint, "doc": doc})
     return field(default=default, metadata={"check": constraint, "doc": doc})
@@ -101,7 +141,7 @@ class TrainConfig:
     focal_alpha: float = _field(0.25, Interval(0.0, 1.0, low_open=True), "weight of the focal loss")
     sampling: str = _field("none", Options(("none", "oversample", "undersample")),
                            "per epoch, every class as often as the largest (oversample) or smallest (undersample)")
-    class_weight: str | dict[str, float] = _field("none", doc="none | balanced | {emotion: weight}")
+    class_weight: str | dict[str, float] = _field("none", Options(("none", "balanced")), "none | balanced | {emotion: weight}")
     seed: int = _field(42, Interval(0), "seeds Python, NumPy, TensorFlow, splits, shuffling, augmentation")
     deterministic: bool = _field(False, doc="op determinism (TensorFlow's, or XLA's deterministic GPU ops on jax): "
                                                 "reproducible, somewhat slower")
@@ -148,7 +188,7 @@ class SearchConfig:
                             "score each setting on the validation split (PublicTest) or by k-fold CV on train")
     folds: int = _field(3, Interval(2), "cv: number of stratified folds")
     scoring: str = _field("f1_macro", Options(("f1_macro", "accuracy", "balanced_accuracy")))
-    n_jobs: int = _field(-1, doc="parallel fits (-1 = all cores)")
+    n_jobs: int = _field(-1, AnyOf((Options((-1,)), Interval(1)), "-1 or a whole number >= 1"), "parallel fits (-1 = all cores)")
     max_samples: int | None = _field(None, Interval(10), "search on a stratified subset of train; the final fit uses all")
 
 
@@ -162,12 +202,12 @@ class EvaluateConfig:
 class RuntimeConfig:
     backend: str = _field(AUTO, Options((AUTO, "tensorflow", "jax")),
                           "Keras backend; auto = KERAS_BACKEND, else Keras' default (tensorflow)")
-    mixed_precision: bool | str = _field(AUTO, doc="auto (on with a GPU or TPU) | true | false")
-    jit_compile: bool | str = _field(AUTO, doc="XLA; auto = on with a GPU, and always on jax | true | false")
+    mixed_precision: bool | str = _field(AUTO, Options((AUTO, True, False)), "auto (on with a GPU or TPU) | true | false")
+    jit_compile: bool | str = _field(AUTO, Options((AUTO, True, False)), "XLA; auto = on with a GPU, and always on jax | true | false")
     distribution: str = _field(AUTO, Options((AUTO, "none", "mirrored", "multi_worker")),
                                "mirrored: a model copy per device (TensorFlow MirroredStrategy, keras.distribution "
                                "DataParallel on jax), auto when there are several; multi_worker (tensorflow) reads TF_CONFIG")
-    steps_per_execution: int | str = _field(AUTO, doc="training steps per call into the device; auto = 1 on a CPU, "
+    steps_per_execution: int | str = _field(AUTO, AnyOf((Options((AUTO,)), Interval(1)), "'auto' or a whole number >= 1"), "training steps per call into the device; auto = 1 on a CPU, "
                                                       "16 on a GPU or TPU, where per-step dispatch dominates a small model")
     cpu_devices: int | None = _field(None, Interval(2, 64),
                                      "split the CPU into this many devices (TensorFlow logical devices, XLA host devices "
@@ -195,6 +235,8 @@ class Experiment:
 # --- building and checking -------------------------------------------------------------------
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Annotated:
+        return _type_name(typing.get_args(tp)[0])
     if _is_union(tp):
         return " or ".join(_type_name(arg) for arg in typing.get_args(tp))
     if tp is type(None):
@@ -213,6 +255,14 @@ def _is_union(tp: Any) -> bool:
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Return `value` as type `tp`, or raise ConfigError naming the key."""
+    if typing.get_origin(tp) is Annotated:
+        # A builder's parameter carries its constraints in its annotation: Annotated[float, Interval(0, 1)].
+        inner, *constraints = typing.get_args(tp)
+        value = _coerce(key, value, inner)
+        for constraint in constraints:
+            if isinstance(constraint, Constraint) and value is not None:
+                constraint.check(key, value)
+        return value
     if _is_union(tp):
         if value is None and type(None) in typing.get_args(tp):
             return None  # an explicit null, not the section's defaults
@@ -281,6 +331,22 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**values)
 
 
+def check_arguments(key: str, function: Any, arguments: dict[str, Any], given_by_caller: tuple[str, ...] = ()) -> None:
+    """Check `arguments` against `function`'s own signature: names, annotated types and Annotated constraints.
+
+    A registry entry's signature is the source of truth for what `model.params` may hold, the way
+    scikit-learn checks `_parameter_constraints`: nothing is listed twice.
+    """
+    signature = inspect.signature(function)
+    hints = typing.get_type_hints(function, include_extras=True)
+    allowed = sorted(p for p in signature.parameters if p not in given_by_caller)
+    for name, value in arguments.items():
+        if name not in allowed:
+            raise ConfigError(f"unknown key '{key}.{name}'; allowed: {allowed}")
+        if name in hints:
+            _coerce(f"{key}.{name}", value, hints[name])
+
+
 def _dataclass_in(tp: Any) -> Any:
     if _is_union(tp):
         return next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), None)
@@ -293,6 +359,8 @@ def _allows_none(tp: Any) -> bool:
 
 def _check_semantics(exp: Experiment) -> None:
     """Rules that span fields: each names the key to change."""
+    if exp.name is not None and (not exp.name or exp.name in (".", "..") or "/" in exp.name or "\\" in exp.name):
+        raise ConfigError(f"name must be one folder name (no '/', no '..', not empty); got {exp.name!r}")
     if exp.data.classes is not None:
         unknown = [c for c in exp.data.classes if c not in EMOTIONS]
         if unknown:
@@ -300,22 +368,43 @@ def _check_semantics(exp: Experiment) -> None:
         if len(set(exp.data.classes)) < 2 or len(set(exp.data.classes)) != len(exp.data.classes):
             raise ConfigError(f"data.classes must name at least 2 distinct emotions; got {exp.data.classes}")
     cw = exp.train.class_weight
-    if isinstance(cw, str) and cw not in ("none", "balanced"):
-        raise ConfigError(f"train.class_weight must be one of ['none', 'balanced'] or a mapping; got {cw!r}")
     if isinstance(cw, dict):
         unknown = sorted(set(cw) - set(exp.classes))
         if unknown:
             raise ConfigError(f"train.class_weight: unknown class {unknown[0]!r}; choose from {list(exp.classes)}")
-    for key in ("mixed_precision", "jit_compile"):
-        value = getattr(exp.runtime, key)
-        if isinstance(value, str) and value != AUTO:
-            raise ConfigError(f"runtime.{key} must be one of ['auto', true, false]; got {value!r}")
-    steps = exp.runtime.steps_per_execution
-    if (isinstance(steps, str) and steps != AUTO) or (isinstance(steps, int) and steps < 1):
-        raise ConfigError(f"runtime.steps_per_execution must be 'auto' or a whole number >= 1; got {steps!r}")
 
 
 # --- loading ----------------------------------------------------------------------------------
+
+class _Loader(yaml.SafeLoader):
+    """`yaml.safe_load` as a person reads YAML: 1e-4 is a number, and a key given twice is an error.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (`1e-4` is a string); YAML 1.2 and every
+    other parser read it as a number. PyYAML also keeps the last of two equal keys without a word.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        self.flatten_mapping(node)
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (first at line {seen[key].line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.2's exponents (1e-4, 1.5e3, .5E3): PyYAML's own float resolver needs a dot and a signed exponent.
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+                              list("-+0123456789."))
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text the way configs and --set values are read (see `_Loader`)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Parse `a.b=c` into (['a', 'b'], c), reading c as YAML so that numbers and null work."""
@@ -326,7 +415,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(parts):
         raise ConfigError(f"--set: bad key {key!r}")
     try:
-        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+        value = yaml_load(raw_value) if raw_value.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: value {raw_value!r} is not valid YAML ({exc.__class__.__name__})") from None
     return parts, value
@@ -359,11 +448,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc.__class__.__name__}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML{_yaml_error_place(exc)}") from None
     if raw is None:
-        raw = {}
+        # An empty file would otherwise train every default for 30 epochs: almost surely not what was meant.
+        raise ConfigError(f"{path} is empty; an experiment names at least its model (see configs/ for examples)")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections; got {type(raw).__name__}")
     return raw
@@ -392,10 +482,25 @@ def from_dict(raw: dict[str, Any]) -> Experiment:
     return exp
 
 
+# Keys that hold paths. A relative path in a config file is read from the file's own folder, so that the
+# config works from any working directory; a path given with --set is read from the working directory.
+PATH_KEYS = (("data", "path"), ("model", "weights"), ("features", "from_run"), ("features", "cnn_config"))
+NOT_PATHS = {("model", "weights"): "imagenet"}
+
+
+def _paths_from_folder(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    for section, key in PATH_KEYS:
+        node = raw.get(section)
+        value = node.get(key) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and value != NOT_PATHS.get((section, key)):
+            node[key] = os.path.normpath(folder / Path(value).expanduser())
+    return raw
+
+
 def load_config(path: Path | str, overrides: list[str] | None = None) -> Experiment:
     """Load, override and validate one experiment file; the name defaults to the file's stem."""
     path = Path(path)
-    raw = apply_overrides(read_yaml(path), overrides or [])
+    raw = apply_overrides(_paths_from_folder(read_yaml(path), path.parent), overrides or [])
     raw.setdefault("name", path.stem)
     return from_dict(raw)
 

@@ -72,6 +72,7 @@ class ProgressBar:
     """`label [#####.....] done/total  extra  ETA` redrawn in place on a terminal; silent elsewhere."""
 
     WIDTH = 20
+    MIN_WIDTH = 5
     REDRAW_SECONDS = 0.2
 
     def __init__(self, total: int, label: str):
@@ -89,12 +90,24 @@ class ProgressBar:
         if not self.due(done):
             return
         now = self._drawn = time.perf_counter()
-        filled = int(self.WIDTH * min(done, self.total) / self.total)
         elapsed = now - self.start
         eta = f"  ETA {_duration(elapsed / done * (self.total - done))}" if 0 < done < self.total else ""
-        line = f"  {self.label} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{self.total}  {extra}{eta}"
-        self.stream.write("\r" + line[: _columns() - 1].ljust(_columns() - 1))
+        line = self.line(done, extra, eta, _columns() - 1)
+        self.stream.write("\r" + line.ljust(_columns() - 1))
         self.stream.flush()
+
+    def line(self, done: int, extra: str, eta: str, room: int) -> str:
+        """The bar's text in at most `room` columns: the bar narrows first, then the extras go, never the ETA."""
+        head, counts = f"  {self.label} ", f" {done}/{self.total}"
+        for tail in (f"  {extra}{eta}" if extra else eta, eta):
+            width = min(self.WIDTH, room - len(head) - len(counts) - len(tail) - 2)
+            if width >= self.MIN_WIDTH or tail == eta:
+                break
+        bar = ""
+        if width >= self.MIN_WIDTH:
+            filled = int(width * min(done, self.total) / self.total)
+            bar = f"[{'#' * filled}{'.' * (width - filled)}]"
+        return (head + bar + counts + tail)[:room]
 
     def close(self) -> None:
         """Wipe the bar so that the next plain line starts clean."""

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 SPLITS = ("train", "validation", "test")
 # The file-name prefix (image folders) or Usage value (CSV) that marks each official split.
 OFFICIAL_SPLITS = {"Training": "train", "PublicTest": "validation", "PrivateTest": "test"}
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: EXIF orientation applied, 16-bit grey scaled instead of clipped
 
 
 @dataclass(frozen=True)
@@ -203,12 +204,17 @@ def download_fer2013() -> Path:
         ) from None
 
 
+def check_data_config(cfg: DataConfig) -> None:
+    """What the schema cannot know: the data sources are this module's registry."""
+    if cfg.source not in ("auto", *SOURCES):
+        raise ConfigError(f"data.source must be one of {['auto', *SOURCES]}; got {cfg.source!r}")
+
+
 def resolve_source(cfg: DataConfig, data_dir: str | Path | None = None) -> tuple[str, Path | None]:
     """Pick the source name and path from the config and the command line (which wins)."""
     path = Path(data_dir) if data_dir is not None else (Path(cfg.path) if cfg.path else None)
+    check_data_config(cfg)
     source = cfg.source
-    if source not in ("auto", *SOURCES):
-        raise ConfigError(f"data.source must be one of {['auto', *SOURCES]}; got {source!r}")
     if source == "auto":
         if path is None:
             source = "kaggle"
@@ -226,17 +232,39 @@ def resolve_source(cfg: DataConfig, data_dir: str | Path | None = None) -> tuple
 
 # --- decoding and caching --------------------------------------------------------------------
 
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # Pillow's modes for 16- and 32-bit grey pixels
+
+
+def open_image(path: Path, mode: str) -> Any:
+    """An image file as a PIL image in `mode` ("L" or "RGB"), upright and with its full range of grey.
+
+    A phone stores a photo taken sideways as it was shot, with an EXIF Orientation tag saying how to turn
+    it; Pillow ignores the tag unless asked. A 16-bit PNG converted straight to 8 bits clips at 255 and
+    reads as white, so wide grey pixels are scaled to 0-255 first.
+    """
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as opened:
+        img = ImageOps.exif_transpose(opened)
+        img.load()
+    if img.mode in WIDE_MODES:
+        pixels = np.asarray(img, dtype=np.float64)
+        if img.mode != "I" or pixels.max(initial=0) > 255:
+            pixels = pixels / 257.0  # 65535 -> 255
+        img = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="L")
+    return img.convert(mode)
+
+
 def _decode_file(path: Path) -> tuple[np.ndarray | None, bool, str]:
     """(image, was_resized, error): grey 48x48 uint8, or None with the reason."""
     from PIL import Image, UnidentifiedImageError  # here: Pillow is only needed when decoding
 
     try:
-        with Image.open(path) as img:
-            img = img.convert("L")
-            resized = img.size != (IMAGE_SIDE, IMAGE_SIDE)
-            if resized:
-                img = img.resize((IMAGE_SIDE, IMAGE_SIDE), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8), resized, ""
+        img = open_image(path, "L")
+        resized = img.size != (IMAGE_SIDE, IMAGE_SIDE)
+        if resized:
+            img = img.resize((IMAGE_SIDE, IMAGE_SIDE), Image.BILINEAR)
+        return np.asarray(img, dtype=np.uint8), resized, ""
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         reason = "empty file" if path.stat().st_size == 0 else f"unreadable image ({exc.__class__.__name__})"
         return None, False, reason
@@ -356,10 +384,26 @@ def _cap_per_class(items: list[Item], max_per_class: int, seed: int) -> list[Ite
     return kept
 
 
+SPLIT_MARKS = "file names that start Training_, PublicTest_ or PrivateTest_ (a CSV's Usage column alike)"
+
+
 def _split_assignments(items: list[Item], labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, str]:
-    """Each item's split: from the source's marks where every item has one, else seeded and stratified."""
+    """Each item's split: the source's official marks, or a seeded, stratified split where it has none.
+
+    A source that marks the official split keeps it: an item without a mark beside marked ones is an
+    error that names it, never a silent switch to a random split (one stray photo would change the protocol).
+    """
     marked = [item.split for item in items]
-    if all(m is not None for m in marked) and {"train", "validation", "test"} <= set(marked):
+    if any(m is not None for m in marked):
+        unmarked = [item.name for item in items if item.split is None]
+        if unmarked:
+            shown = ", ".join(unmarked[:3]) + (f" and {len(unmarked) - 3} more" if len(unmarked) > 3 else "")
+            raise DataError(f"{len(unmarked)} of {len(items)} images carry no FER-2013 split mark ({SPLIT_MARKS}) "
+                            f"beside images that do: {shown}; rename or remove them, so that the official split holds")
+        missing = [name for name, split in OFFICIAL_SPLITS.items() if split not in marked]
+        if missing:
+            raise DataError(f"the official split has no {' or '.join(missing)} images; the FER-2013 protocol needs "
+                            f"all three of {list(OFFICIAL_SPLITS)}")
         return np.array(marked), "official"
     groups = np.array([item.group for item in items])
     assignment = np.where(groups == "test", "test", "train").astype(object)
@@ -374,7 +418,7 @@ def _split_assignments(items: list[Item], labels: np.ndarray, fraction: float, s
     return assignment.astype(str), "stratified"
 
 
-def _fingerprint(images: np.ndarray, labels: np.ndarray, splits: np.ndarray, classes: tuple[str, ...]) -> str:
+def fingerprint_of(images: np.ndarray, labels: np.ndarray, splits: np.ndarray, classes: tuple[str, ...]) -> str:
     digest = hashlib.sha256()
     digest.update(",".join(classes).encode())
     digest.update(np.ascontiguousarray(images).tobytes())
@@ -395,10 +439,6 @@ def load_data(cfg: DataConfig, classes: tuple[str, ...], data_dir: str | Path | 
     if not items:
         raise DataError(f"no images of the classes {list(classes)} under {root}")
     images, kept, skipped, resized = _load_or_decode(source, root, items, cfg.cache, progress)
-    if resized:
-        print(f"notice: {resized} images were not 48x48 grey and were converted on load", file=sys.stderr)
-    for name, reason in skipped:
-        print(f"warning: skipped {name}: {reason}", file=sys.stderr)
     items = [item for item, keep in zip(items, kept) if keep]
     images = images[kept]
     if not items:
@@ -412,10 +452,25 @@ def load_data(cfg: DataConfig, classes: tuple[str, ...], data_dir: str | Path | 
             raise DataError(f"the {split} split is empty after loading {root}; it needs images of {list(classes)}")
         parts[split] = Split(images[idx], labels[idx], [items[i].name for i in idx])
     return FerData(
-        classes=classes, fingerprint=_fingerprint(images, labels, splits, classes),
+        classes=classes, fingerprint=fingerprint_of(images, labels, splits, classes),
         source=f"{source}:{root}" if root else source, protocol=protocol,
         skipped=skipped + bad_rows, resized=resized, **parts,
     )
+
+
+SHOWN_SKIPPED = 5
+
+
+def data_notices(skipped: list[tuple[str, str]], resized: int = 0) -> list[str]:
+    """What a person should know about a load: images converted, and items skipped (a count and the first few)."""
+    lines = [f"notice: {resized} images were not 48x48 grey and were converted on load"] if resized else []
+    if skipped:
+        lines.append(f"warning: skipped {len(skipped)} unreadable or malformed item{'s' * (len(skipped) > 1)} "
+                     "(all listed in environment.json, data.skipped):")
+        lines += [f"  {name}: {reason}" for name, reason in skipped[:SHOWN_SKIPPED]]
+        if len(skipped) > SHOWN_SKIPPED:
+            lines.append(f"  ... and {len(skipped) - SHOWN_SKIPPED} more")
+    return lines
 
 
 # --- inspection ------------------------------------------------------------------------------
@@ -461,6 +516,11 @@ def parse_class_map(texts: list[str] | str | None, classes: tuple[str, ...]) -> 
     return mapping
 
 
+def scored_folder(root: Path) -> Path:
+    """The part of a dataset a cross-dataset test scores: its test/ folder where it has train/ and test/, else all."""
+    return root / "test" if (root / "test").is_dir() and (root / "train").is_dir() else root
+
+
 def load_labelled_folder(root: Path, classes: tuple[str, ...], mapping: dict[str, str],
                          progress: bool = False) -> tuple[Split, list[str], list[tuple[str, str]]]:
     """All images under `root` whose folder name (mapped) is one of `classes`, for a cross-dataset test.
@@ -470,7 +530,7 @@ def load_labelled_folder(root: Path, classes: tuple[str, ...], mapping: dict[str
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data directory not found: {root}")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in scored_folder(root).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     folders = {path.parent.name.lower() for path in files}
     unmatched = sorted(set(mapping) - folders)
     if unmatched:

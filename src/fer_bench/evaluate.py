@@ -56,9 +56,9 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.nd
 
 
 def row_normalise(matrix: np.ndarray) -> np.ndarray:
-    """Each row divided by its sum (rows of zeros stay zero)."""
+    """Each row divided by its sum; a class with no images has no fractions, so its row is NaN (drawn blank)."""
     totals = matrix.sum(axis=1, keepdims=True)
-    return np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
+    return np.divide(matrix, totals, out=np.full(matrix.shape, np.nan), where=totals > 0)
 
 
 def report_text(y_true: np.ndarray, y_pred: np.ndarray, classes: tuple[str, ...]) -> str:
@@ -145,3 +145,12 @@ def holm_adjusted(p_values: np.ndarray | list[float]) -> np.ndarray:
     adjusted = np.empty(tests)
     adjusted[order] = np.minimum(stepped, 1.0)
     return adjusted
+
+
+def single_class_warning(predicted: np.ndarray, classes: tuple[str, ...] | list[str], split: str) -> str | None:
+    """A warning when a model gives one class to every image: it has learnt nothing but that class."""
+    values = np.unique(predicted)
+    if len(predicted) < 2 or len(values) != 1:
+        return None
+    return (f"warning: the model predicts {classes[int(values[0])]!r} for every one of the {len(predicted)} {split} "
+            "images: it has not learnt to tell the classes apart (see its training curves)")

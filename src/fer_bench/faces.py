@@ -63,12 +63,34 @@ def mtcnn_detector() -> Callable[[np.ndarray], list[Box]]:
         raise FerBenchError(f"the mtcnn detector needs the mtcnn package and TensorFlow ({exc.name} is missing); "
                             "pip install mtcnn, or pass --detector haar") from None
     detector = MTCNN()
+    if import_keras().backend.backend() != "tensorflow":
+        for stage in detector.stages:
+            stage._model = _TensorFlowOutputs(stage._model)
 
     def detect(rgb: np.ndarray) -> list[Box]:
         found = detector.detect_faces(rgb)
         return [tuple(int(v) for v in face["box"]) for face in found if face["confidence"] >= MTCNN_CONFIDENCE]
 
     return detect
+
+
+class _TensorFlowOutputs:
+    """An MTCNN network whose outputs are TensorFlow tensors, whatever backend Keras runs on.
+
+    MTCNN's three networks are `tf.keras` models, which are Keras 3 models on Keras' active backend: on
+    JAX they return JAX arrays, and MTCNN's post-processing calls `.numpy()` on them, as on tf tensors.
+    """
+
+    def __init__(self, model: Callable):
+        self.model = model
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        import tensorflow as tf
+
+        outputs = self.model(*args, **kwargs)
+        if isinstance(outputs, (list, tuple)):
+            return type(outputs)(tf.convert_to_tensor(np.asarray(o)) for o in outputs)
+        return tf.convert_to_tensor(np.asarray(outputs))
 
 
 @register("haar", Framing(scale=1.052, shift_x=-0.003, shift_y=-0.003))

@@ -16,11 +16,13 @@ from fer_bench import EMOTIONS
 from fer_bench.config import TTA_MODES
 from fer_bench.artifacts import (METRICS_FILE, RunDirectory, environment_record, now, numbered_siblings,
                                  write_evaluation)
-from fer_bench.data import IMAGE_SIDE, IMAGE_SUFFIXES, load_labelled_folder, parse_class_map
+from fer_bench.data import (IMAGE_SIDE, IMAGE_SUFFIXES, data_notices, fingerprint_of, load_labelled_folder,
+                            open_image, parse_class_map, scored_folder)
 from fer_bench.errors import FerBenchError, RunError
-from fer_bench.evaluate import SplitPredictions
+from fer_bench.evaluate import SplitPredictions, single_class_warning
 from fer_bench.faces import DEFAULT_DETECTOR, faces_in, load_detector
 
+BOX_KEYS = ("x", "y", "width", "height")  # a face's box: its top-left corner and its size, in photo pixels
 CROP_SIDE = 42  # ten-crop takes 42x42 of the 48x48 face, about 88% of its side
 # The model that ships inside the package, laid out as a run folder (model.keras, metrics.json,
 # config.yaml): `predict` and `evaluate` use it when no run is given. README says how it was trained.
@@ -145,14 +147,13 @@ def image_files(paths: list[Path]) -> list[Path]:
 def predict_photos(predictor: Predictor, paths: list[Path], annotate_dir: Path | None = None,
                    tta: str = "none", detector: str = DEFAULT_DETECTOR) -> list[dict]:
     """Per image: its faces with emotion and top-3 probabilities, or the error that stopped it."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     detect = load_detector(detector)
     results = []
     for path in image_files(paths):
         try:
-            with Image.open(path) as opened:
-                photo = opened.convert("RGB")
+            photo = open_image(path, "RGB")
         except FileNotFoundError:
             results.append({"image": str(path), "error": "file not found"})
             continue
@@ -165,7 +166,7 @@ def predict_photos(predictor: Predictor, paths: list[Path], annotate_dir: Path |
             probabilities = predict_with_tta(predictor, crops, tta)
             for box, probs in zip(boxes, probabilities):
                 top = np.argsort(probs)[::-1][:3]
-                faces.append({"box": list(box), "emotion": predictor.classes[top[0]],
+                faces.append({"box": dict(zip(BOX_KEYS, map(int, box))), "emotion": predictor.classes[top[0]],
                               "top3": [[predictor.classes[i], round(float(probs[i]), 4)] for i in top]})
         result = {"image": str(path), "faces": faces}
         if annotate_dir is not None:
@@ -193,7 +194,7 @@ def _annotate(photo: Any, faces: list[dict], path: Path, out_dir: Path) -> Path:
         draw.text((x + pad, y + pad), text, fill=(255, 255, 255), font=font)
 
     for face in faces:
-        x, y, w, h = face["box"]
+        x, y, w, h = (face["box"][key] for key in BOX_KEYS)
         draw.rectangle([x, y, x + w, y + h], outline=red, width=line)
         label(x, y, f"{face['emotion']} {face['top3'][0][1]:.0%}")
     if not faces:
@@ -232,10 +233,13 @@ def evaluate_on_dataset(run_path: Path, data_dir: Path, mapping: list[str] | str
     predictor = load_predictor(run_path)
     classes = predictor.classes
     split, ignored, skipped = load_labelled_folder(Path(data_dir), classes, parse_class_map(mapping, classes))
+    scored = scored_folder(Path(data_dir))
+    print(f"scoring the {len(split)} images under {scored}"
+          + (" (its train/ folder is not scored)" if scored != Path(data_dir) else ""), file=sys.stderr)
     if ignored:
         print(f"notice: ignored folders the model has no class for: {', '.join(ignored)}", file=sys.stderr)
-    for item, reason in skipped:
-        print(f"warning: skipped {item}: {reason}", file=sys.stderr)
+    for line in data_notices(skipped):
+        print(line, file=sys.stderr)
     out = evaluation_directory(Path(eval_root) if eval_root else run_path / "eval", name, Path(data_dir).resolve().name,
                                overwrite)
     name = out.path.name
@@ -245,11 +249,15 @@ def evaluate_on_dataset(run_path: Path, data_dir: Path, mapping: list[str] | str
     out.set_status("running", started=now())
     predictions = {"test": SplitPredictions(split.names, split.labels, predictor.predict_proba(split.images), None)}
     metrics = write_evaluation(out, classes, predictions, f"{run_path.name} on {name}")
+    collapsed = single_class_warning(predictions["test"].predicted, classes, "scored")
+    if collapsed:
+        print(collapsed, file=sys.stderr)
     if tta != "none":
         tta_probs = predict_with_tta(predictor, split.images, tta)
         metrics["test_tta"] = {"mode": tta, **_scores(split.labels, tta_probs, classes)}
     record = {"run": f"{run_path.name} on {name}", "model": _run_model(run_path), "kind": "evaluation",
-              "classes": list(classes), "data_fingerprint": f"{name}", "dataset": str(data_dir),
+              "classes": list(classes), "data_fingerprint": fingerprint_of(split.images, split.labels, np.array(["test"] * len(split)), classes),
+              "dataset": str(data_dir), "scored_folder": str(scored),
               "ignored_folders": ignored, "skipped": [{"item": i, "reason": r} for i, r in skipped], **metrics}
     out.write_json("environment.json", {**environment_record(), "finished": now()})
     out.write_json(METRICS_FILE, record)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fer_bench.config import Experiment
+from fer_bench.config import Experiment, Interval, check_arguments
 from fer_bench.errors import ConfigError, FerBenchError
 from fer_bench.registry import Registry
 
@@ -26,12 +26,16 @@ COMMON_ARGS = ("num_classes", "input_size", "colour", "weights")
 
 MODELS = Registry("model")
 BACKBONES: set[str] = set()
+# Checks a builder needs beyond its signature (which gives its parameters' names, types and ranges).
+MODEL_CHECKS: dict[str, Callable[[Experiment], None]] = {}
 
 
-def register(name: str, backbone: bool = False) -> Callable:
+def register(name: str, backbone: bool = False, check: Callable[[Experiment], None] | None = None) -> Callable:
     """Add a model builder to MODELS; `backbone` marks an ImageNet backbone (two-phase fine-tune)."""
     if backbone:
         BACKBONES.add(name)
+    if check is not None:
+        MODEL_CHECKS[name] = check
     return MODELS.register(name)
 
 
@@ -50,6 +54,9 @@ def check_model_config(exp: Experiment) -> None:
     unknown = sorted(set(cfg.params) - set(allowed))
     if unknown:
         raise ConfigError(f"unknown key 'model.params.{unknown[0]}' for {cfg.name}; allowed: {sorted(allowed)}")
+    check_arguments("model.params", MODELS[cfg.name], cfg.params, COMMON_ARGS)
+    if cfg.name in MODEL_CHECKS:
+        MODEL_CHECKS[cfg.name](exp)
     if cfg.name in BACKBONES:
         if exp.data.colour != "rgb":
             raise ConfigError(f"data.colour must be 'rgb' for {cfg.name} (an ImageNet backbone); got {exp.data.colour!r}")
@@ -118,11 +125,26 @@ def _classifier_head(x: Any, num_classes: int, dense_units: int, dropout: float)
     return keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
 
 
-@register("custom_cnn")
+Rate = Annotated[float, Interval(0.0, 1.0, high_open=True)]  # a dropout rate: 1 would drop everything
+Width = Annotated[int, Interval(1)]
+Units = Annotated[int, Interval(0)]  # 0 = no hidden dense layer
+
+
+def _check_custom_cnn(exp: Experiment) -> None:
+    """Each block halves the side with max-pooling: past 1 pixel there is nothing left to pool."""
+    blocks = len(exp.model.params.get("filters", model_params("custom_cnn")["filters"]))
+    side = exp.data.input_size
+    if side >> blocks < 1:
+        most = side.bit_length() - 1
+        raise ConfigError(f"model.params.filters: {blocks} blocks halve {side} px to nothing; at most {most} blocks "
+                          f"at data.input_size {side}")
+
+
+@register("custom_cnn", check=_check_custom_cnn)
 def custom_cnn(num_classes: int, input_size: int = 48, colour: str = "grayscale", weights: str | None = None,
-               filters: list[int] = (32, 64, 128, 256), convs_per_block: int = 2, batch_norm: bool = True,
-               block_dropout: float = 0.25, dense_units: int = 256, dropout: float = 0.5,
-               l2: float = 0.0) -> Any:
+               filters: list[Width] = (32, 64, 128, 256), convs_per_block: Width = 2, batch_norm: bool = True,
+               block_dropout: Rate = 0.25, dense_units: Units = 256, dropout: Rate = 0.5,
+               l2: Annotated[float, Interval(0.0)] = 0.0) -> Any:
     """VGG-style blocks of 3x3 convolutions, each block ending in max-pooling and dropout."""
     import keras
 
@@ -203,7 +225,8 @@ def _backbone_model(family: str, application: Callable, num_classes: int, input_
 
 @register("mobilenetv2", backbone=True)
 def mobilenetv2(num_classes: int, input_size: int = 96, colour: str = "rgb", weights: str | None = "imagenet",
-                alpha: float = 1.0, dense_units: int = 0, dropout: float = 0.3) -> Any:
+                alpha: Annotated[float, Interval(0.0, low_open=True)] = 1.0, dense_units: Units = 0,
+                dropout: Rate = 0.3) -> Any:
     """MobileNetV2 fine-tune; `alpha` scales its width (ImageNet weights exist for 0.35-1.4)."""
     import keras
 
@@ -213,7 +236,7 @@ def mobilenetv2(num_classes: int, input_size: int = 96, colour: str = "rgb", wei
 
 @register("vgg16", backbone=True)
 def vgg16(num_classes: int, input_size: int = 96, colour: str = "rgb", weights: str | None = "imagenet",
-          dense_units: int = 256, dropout: float = 0.5) -> Any:
+          dense_units: Units = 256, dropout: Rate = 0.5) -> Any:
     """VGG16 fine-tune."""
     import keras
 
@@ -222,7 +245,7 @@ def vgg16(num_classes: int, input_size: int = 96, colour: str = "rgb", weights: 
 
 @register("resnet50", backbone=True)
 def resnet50(num_classes: int, input_size: int = 96, colour: str = "rgb", weights: str | None = "imagenet",
-             dense_units: int = 0, dropout: float = 0.3) -> Any:
+             dense_units: Units = 0, dropout: Rate = 0.3) -> Any:
     """ResNet50 fine-tune."""
     import keras
 

@@ -19,9 +19,9 @@ import numpy as np
 from fer_bench.artifacts import (METRICS_FILE, RunDirectory, environment_record, now, numbered_siblings,
                                  write_evaluation)
 from fer_bench.config import Experiment, from_dict, load_config, read_yaml, to_dict
-from fer_bench.data import FerData, load_data
+from fer_bench.data import FerData, data_notices, load_data
 from fer_bench.errors import ConfigError, FerBenchError, RunError
-from fer_bench.evaluate import SplitPredictions, classification_metrics
+from fer_bench.evaluate import SplitPredictions, classification_metrics, single_class_warning
 from fer_bench.models import MODELS, check_model_config
 
 SPLITS_EVALUATED = ("validation", "test")
@@ -39,17 +39,40 @@ def model_kind(name: str) -> str:
     raise ConfigError(f"model.name: unknown {name!r}; choose from {sorted(MODELS) + sorted(CLASSIFIERS)}")
 
 
-def load_experiment(path: Path | str, overrides: list[str] | None = None) -> Experiment:
-    """Load and fully validate an experiment file: schema, then the registry's own checks."""
-    from fer_bench.classical import check_feature_config
+# Sections a feature classifier does not read itself: `--set train.epochs=2` on a feature config is meant
+# for the CNN that it trains first, so such overrides reach that stage (recorded in features.cnn_overrides).
+FIRST_STAGE_SECTIONS = ("train", "augment", "runtime")
 
+
+def load_experiment(path: Path | str, overrides: list[str] | None = None) -> Experiment:
+    """Load and fully validate an experiment file: schema, then the registries' own checks.
+
+    Everything is checked here, before any run folder exists: a feature config's first-stage CNN too.
+    """
+    from fer_bench.classical import check_feature_config
+    from fer_bench.data import check_data_config
+
+    overrides = list(overrides or [])
     exp = load_config(path, overrides)
+    check_data_config(exp.data)
     if model_kind(exp.model.name) == "keras":
         check_model_config(exp)
         if exp.features is not None:
             raise ConfigError(f"features applies to feature classifiers, not to {exp.model.name}; remove it")
-    else:
-        check_feature_config(exp)
+        return exp
+    check_feature_config(exp)
+    features = exp.features
+    if features.extractor == "cnn" and features.from_run is None:
+        forwarded = [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] in FIRST_STAGE_SECTIONS]
+        features = dataclasses.replace(features, cnn_overrides=[*features.cnn_overrides, *forwarded])
+        exp = dataclasses.replace(exp, features=features)
+        try:
+            stage = load_experiment(features.cnn_config, features.cnn_overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"features.cnn_config {features.cnn_config}: {exc}") from None
+        if model_kind(stage.model.name) != "keras":
+            raise ConfigError(f"features.cnn_config {features.cnn_config} must train a deep model; it names "
+                              f"{stage.model.name!r}")
     return exp
 
 
@@ -186,9 +209,12 @@ def _run_locked(exp: Experiment, run: RunDirectory, data_dir: str | Path | None,
     try:
         with _logging_to(run.file("log.txt")):
             print(f"== {exp.name}: {exp.model.name} -> {run.path}", file=sys.stderr, flush=True)
+            for line in data_notices(data.skipped, data.resized):
+                print(line, file=sys.stderr, flush=True)
             metrics = _train_and_evaluate(exp, run, data, data_dir, started, clock, resumes)
     except KeyboardInterrupt:
-        _mark_failed(run, started, "interrupted")
+        # Ctrl-C is an interruption like SIGTERM or SIGKILL: the checkpoint stays and the same command resumes.
+        _mark_failed(run, started, "interrupted by Ctrl-C", state="interrupted")
         raise
     except FerBenchError as exc:
         _mark_failed(run, started, str(exc))
@@ -202,9 +228,9 @@ def _run_locked(exp: Experiment, run: RunDirectory, data_dir: str | Path | None,
     return run.path
 
 
-def _mark_failed(run: RunDirectory, started: str, error: str) -> None:
+def _mark_failed(run: RunDirectory, started: str, error: str, state: str = "failed") -> None:
     try:
-        run.set_status("failed", started=started, error=error)
+        run.set_status(state, started=started, error=error)
     except FerBenchError:
         pass  # e.g. the disk is full: the original error is the one to report
 
@@ -259,7 +285,8 @@ def _feature_source(exp: Experiment, run: RunDirectory, data_dir: str | Path | N
         return stage_dir.file("model.keras")
     stage = load_experiment(features.cnn_config, list(features.cnn_overrides))
     stage = dataclasses.replace(stage, data=exp.data, train=dataclasses.replace(stage.train, seed=exp.train.seed))
-    print(f"== first stage: training {features.cnn_config} for its features", file=sys.stderr, flush=True)
+    given = "".join(f" --set {o}" for o in features.cnn_overrides)
+    print(f"== first stage: training {features.cnn_config}{given} for its features", file=sys.stderr, flush=True)
     return run_experiment(stage, data_dir=data_dir, results_dir=run.path, name="cnn") / "model.keras"
 
 
@@ -305,6 +332,9 @@ def _train_and_evaluate(exp: Experiment, run: RunDirectory, data: FerData, data_
             probabilities = trained.predictor.predict_proba(part.images)
         predictions[split] = SplitPredictions(part.names, part.labels, probabilities, ~data.unique_mask(split))
     metrics = write_evaluation(run, data.classes, predictions, exp.name)
+    collapsed = single_class_warning(predictions["test"].predicted, data.classes, "test")
+    if collapsed:
+        print(collapsed, file=sys.stderr, flush=True)
     if exp.evaluate.tta != "none":
         # Reported beside the plain scores, never in their place: selection stays on plain validation accuracy.
         probabilities = predict_with_tta(trained.predictor, data.test.images, exp.evaluate.tta)
