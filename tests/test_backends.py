@@ -28,6 +28,7 @@ from conftest import (CONFIGS, REAL_DATA, REPO, copy_shipped_photos, make_fer_fo
                       smoke_data_path)
 from test_distribution import assert_mirrored_matches_single, distribution_runs, make_distribution_data
 from test_shipped import assert_committed_predictions, assert_committed_score
+from test_trust import face_photo
 
 pytestmark = [pytest.mark.slow, pytest.mark.jax_worker]
 
@@ -62,6 +63,9 @@ def jax_jobs(work: Path) -> dict[str, list[str]]:
     faces = shipped_faces(work / "faces")
     jobs["shipped predict"] = ["predict", *map(str, sorted(faces.rglob("*.*g"))), "--json"]
     jobs["shipped evaluate"] = ["evaluate", "--data-dir", str(faces), "--results-dir", str(work / "shipped")]
+    # A face inside a larger photo: the default detector (MTCNN, tf.keras networks) runs on JAX too.
+    face_photo().save(work / "photo.png")
+    jobs["mtcnn predict"] = ["predict", str(work / "photo.png"), "--json"]
     return jobs
 
 
@@ -195,6 +199,12 @@ def test_a_jax_run_evaluates_predicts_and_compares_on_tensorflow(jax_side, tmp_p
     assert result.exit_code == 0, result.output
     compared = pd.read_csv(tmp_path / "cmp" / "comparison.csv").set_index("name")
     assert compared.loc["tuned_cnn", "trained_on"] == f"CPU x{os.cpu_count()} (jax)"
+
+
+@pytest.mark.skipif(not (REAL_DATA / "test").is_dir(), reason="needs ../shared/fer2013 for a real face")
+def test_the_default_face_detector_runs_on_jax(jax_side):
+    (result,) = json.loads(outcome(jax_side, "mtcnn predict")["stdout"])
+    assert len(result["faces"]) == 1 and 100 < result["faces"][0]["box"]["x"] < 200
 
 
 def test_the_shipped_model_on_jax_gives_the_committed_answers(jax_side, shipped_photos):

@@ -200,3 +200,17 @@ def test_ensemble_rejects_bad_members(trained_runs, tmp_path):
     (broken / "predictions.csv").unlink()
     out = invoke("ensemble", trained_runs / "custom_cnn", broken, "--name", "x", "--results-dir", tmp_path)
     assert out.exit_code == 1 and out.output.strip() == "error: broken: predictions.csv is missing"
+
+
+def test_runs_on_other_data_are_a_family_of_their_own_and_leave_the_main_verdicts_as_they_were():
+    main = [scored_run("a", 0), scored_run("b", 6), scored_run("c", 9)]
+    others = [scored_run(f"tiny-{i}", i, fingerprint="tiny subset", images=20) for i in range(6)]
+    alone = significance_table(main, "test").set_index(["run_a", "run_b"])
+    together = significance_table(main + others, "test")
+    beside = together[together["data"] == "same"].set_index(["run_a", "run_b"])
+    assert len(beside) == 3 and len(together) == 3 + 15
+    assert beside["p_adjusted"].tolist() == pytest.approx(alone["p_adjusted"].tolist())
+    # each family is adjusted over its own pairs: a vs b (p = 2 * 0.5^6) is the 2nd smallest of 3, so x2
+    assert beside.loc[("a", "b"), "p_adjusted"] == pytest.approx(0.0625)
+    text = significance_text(together, [run.name for run in main + others])
+    assert "adjusted by Holm's method within each data set (3 pairs and 15 pairs tested on 2 data sets)" in text[0]

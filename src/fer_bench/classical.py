@@ -149,8 +149,9 @@ def cnn_features(images: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     from fer_bench.models import load_model
 
     if spec._keras_model is None:
-        import keras
+        from fer_bench.backends import import_keras
 
+        keras = import_keras()  # the first Keras import of `evaluate` on a feature run: without TensorFlow's banner
         model = load_model(spec.source_model)
         try:
             layer = model.get_layer(FEATURE_LAYER)

@@ -141,7 +141,7 @@ class TrainConfig:
     focal_alpha: float = _field(0.25, Interval(0.0, 1.0, low_open=True), "weight of the focal loss")
     sampling: str = _field("none", Options(("none", "oversample", "undersample")),
                            "per epoch, every class as often as the largest (oversample) or smallest (undersample)")
-    class_weight: str | dict[str, float] = _field("none", Options(("none", "balanced")), "none | balanced | {emotion: weight}")
+    class_weight: str | dict[str, Annotated[float, Interval(0.0, low_open=True)]] = _field("none", Options(("none", "balanced")), "none | balanced | {emotion: weight}")
     seed: int = _field(42, Interval(0), "seeds Python, NumPy, TensorFlow, splits, shuffling, augmentation")
     deterministic: bool = _field(False, doc="op determinism (TensorFlow's, or XLA's deterministic GPU ops on jax): "
                                                 "reproducible, somewhat slower")
@@ -266,11 +266,16 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if _is_union(tp):
         if value is None and type(None) in typing.get_args(tp):
             return None  # an explicit null, not the section's defaults
+        errors = []
         for arg in typing.get_args(tp):
             try:
                 return _coerce(key, value, arg)
-            except ConfigError:
-                continue
+            except ConfigError as exc:
+                errors.append((arg, exc))
+        # Where the value is a mapping or a list and that branch failed inside it, its error names the entry.
+        for arg, exc in errors:
+            if (typing.get_origin(arg), type(value)) in ((dict, dict), (list, list)):
+                raise exc
         raise ConfigError(f"{key} must be {_type_name(tp)}; got {value!r}")
     if tp is type(None):
         if value is None:
@@ -309,7 +314,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a mapping; got {raw!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     allowed = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(raw) - set(allowed))
     if unknown:
@@ -515,7 +520,7 @@ def describe_schema() -> list[tuple[str, str, Any, str]]:
     rows = []
 
     def walk(cls: type, prefix: str, optional_section: bool = False) -> None:
-        hints = typing.get_type_hints(cls)
+        hints = typing.get_type_hints(cls, include_extras=True)
         for f in dataclasses.fields(cls):
             key = f"{prefix}{f.name}"
             inner = _dataclass_in(hints[f.name])

@@ -115,6 +115,8 @@ SOURCES = Registry("data source")  # name -> function(path) -> list[Item]
 def _emotion_of_folder(folder: Path) -> str:
     name = folder.name.lower()
     if name not in EMOTIONS:
+        if (folder / "train").is_dir() or (folder / "test").is_dir():
+            raise DataError(f"{folder} holds the dataset's train/ and test/ folders: pass --data-dir {folder}")
         raise DataError(f"{folder}: unknown class folder {folder.name!r}; expected folders named {list(EMOTIONS)}")
     return name
 
@@ -142,6 +144,8 @@ def _list_images(folder: Path, root: Path, group: str) -> list[Item]:
 @SOURCES.register("folder")
 def folder_source(root: Path) -> list[Item]:
     """Kaggle layout (`train/<class>/`, `test/<class>/`) or one folder per class (no test part)."""
+    if root.is_file():
+        raise DataError(f"{root} is a file; give the data directory (train/ and test/) or a fer2013.csv")
     if not root.is_dir():
         raise DataError(f"data directory not found: {root}")
     groups = {g: root / g for g in ("train", "test") if (root / g).is_dir()}

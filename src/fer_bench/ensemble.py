@@ -15,6 +15,10 @@ def ensemble_runs(run_paths: list[Path], name: str, results_dir: Path | None = N
     """Average the members' probabilities (from predictions.csv, no re-inference) and write a run folder."""
     if len(run_paths) < 2:
         raise RunError("an ensemble needs at least two runs")
+    resolved = [Path(p).resolve() for p in run_paths]
+    repeated = next((p for p, r in zip(run_paths, resolved) if resolved.count(r) > 1), None)
+    if repeated is not None:
+        raise RunError(f"{repeated} is given twice: an ensemble averages different runs")
     members = [read_run(Path(p), Path(p).name) for p in run_paths]
     first = members[0]
     for member in members[1:]:

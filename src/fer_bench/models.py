@@ -83,6 +83,7 @@ def build_model(exp: Experiment) -> Any:
 def load_model(path: Path | str) -> Any:
     """Load a saved `model.keras` in Keras' safe mode (no arbitrary code), with a one-line error on failure."""
     from fer_bench.backends import import_keras
+    from fer_bench.console import native_stderr_filtered
 
     keras = import_keras()  # here, not at top: keeps the CLI fast
     from fer_bench import layers  # noqa: F401 - registers the custom layers for deserialisation
@@ -93,7 +94,9 @@ def load_model(path: Path | str) -> Any:
     try:
         # compile=False: inference needs no optimizer. Files written before runs were saved without one
         # still hold it, and restoring it under another precision policy only warns about skipped variables.
-        return keras.saving.load_model(path, safe_mode=True, compile=False)
+        # TensorFlow prints its banner when its devices start, which may be here rather than at import.
+        with native_stderr_filtered():
+            return keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
         raise FerBenchError(f"cannot load {path} as a Keras model ({exc.__class__.__name__})") from None
 
