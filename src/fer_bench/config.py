@@ -445,7 +445,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping with `yaml.safe_load`, turning every failure into a one-line ConfigError."""
+    """Read a YAML mapping with the safe `_Loader`, turning every failure into a one-line ConfigError."""
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
