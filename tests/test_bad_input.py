@@ -73,8 +73,9 @@ def test_corrupt_resized_and_csv_rows_are_listed_and_the_run_goes_on(tmp_path):
     result = run(REPO / "configs" / "custom_cnn.yaml", "--data-dir", root, "--results-dir", tmp_path / "r",
                  "--set", "data.classes=[happy, sad]", *TINY)
     assert result.exit_code == 0, result.output
-    assert "warning: skipped train/happy/Training_zero.jpg: empty file" in result.output
-    assert "warning: skipped train/sad/Training_junk.jpg: unreadable image" in result.output
+    assert "warning: skipped 2 unreadable or malformed items (all listed in environment.json, data.skipped):" in result.output
+    assert "\n  train/happy/Training_zero.jpg: empty file\n" in result.output
+    assert "\n  train/sad/Training_junk.jpg: unreadable image" in result.output
     assert "notice: 1 images were not 48x48 grey and were converted on load" in result.output
     import json
 

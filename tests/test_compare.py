@@ -99,7 +99,7 @@ def test_compare_writes_table_significance_and_charts(trained_runs, tmp_path):
     out = invoke("compare", results)
     assert out.exit_code == 0, out.output
     assert "warning: skipping failed: not finished (status failed)" in out.output
-    assert "warning: skipping half: interrupted (its process ended while training; run the same command again " \
+    assert "warning: skipping half: interrupted (its process ended or was stopped while training; run the same command again " \
            "to resume it)" in out.output
     assert "warning: skipping nopred: predictions.csv is missing" in out.output
     assert "warning: skipping badjson: metrics.json is unreadable (JSONDecodeError)" in out.output

@@ -86,7 +86,7 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path, env, config, override
     assert RunDirectory(results / "resumed").state() == "interrupted"
     listed = CliRunner().invoke(app, ["compare", str(results), "--out", str(results.parent / "comparison")])
     assert listed.exit_code == 0, listed.output
-    assert "warning: skipping resumed: interrupted (its process ended while training; run the same command " \
+    assert "warning: skipping resumed: interrupted (its process ended or was stopped while training; run the same command " \
            "again to resume it)" in listed.output
     assert not (results / "resumed" / "metrics.json").exists()
 

@@ -118,9 +118,10 @@ class ProgressBar:
 
 def _columns() -> int:
     try:
-        return os.get_terminal_size(sys.__stderr__.fileno()).columns
+        columns = os.get_terminal_size(sys.__stderr__.fileno()).columns
     except (OSError, ValueError, AttributeError):
         return 100
+    return columns if columns > 0 else 100  # a terminal that reports no size (a bare pty)
 
 
 @contextlib.contextmanager

@@ -230,6 +230,9 @@ def evaluate_on_dataset(run_path: Path, data_dir: Path, mapping: list[str] | str
     run_path = Path(run_path)
     if not (run_path / METRICS_FILE).is_file():
         raise RunError(f"{run_path} is not a finished run (no {METRICS_FILE})")
+    # Where it goes is settled first: a name that is taken is refused before any image is read.
+    out = evaluation_directory(Path(eval_root) if eval_root else run_path / "eval", name, Path(data_dir).resolve().name,
+                               overwrite)
     predictor = load_predictor(run_path)
     classes = predictor.classes
     split, ignored, skipped = load_labelled_folder(Path(data_dir), classes, parse_class_map(mapping, classes))
@@ -240,8 +243,6 @@ def evaluate_on_dataset(run_path: Path, data_dir: Path, mapping: list[str] | str
         print(f"notice: ignored folders the model has no class for: {', '.join(ignored)}", file=sys.stderr)
     for line in data_notices(skipped):
         print(line, file=sys.stderr)
-    out = evaluation_directory(Path(eval_root) if eval_root else run_path / "eval", name, Path(data_dir).resolve().name,
-                               overwrite)
     name = out.path.name
     if out.path.exists():
         out.clear()  # --overwrite: nothing of the earlier evaluation stays to be mistaken for this one
