@@ -41,7 +41,7 @@ def rate(images: int, seconds: float) -> float:
 def bench_data(data_dir: Path) -> dict:
     from fer_bench import EMOTIONS
     from fer_bench.config import DataConfig
-    from fer_bench.data import load_data
+    from fer_bench.data.dataset import load_data
 
     with tempfile.TemporaryDirectory() as cache:
         os.environ["FER_BENCH_CACHE"] = cache
@@ -92,8 +92,8 @@ def bench_pipelines(data_dir: Path, batches: int) -> dict:
 
     from fer_bench import EMOTIONS
     from fer_bench.config import AugmentConfig, DataConfig
-    from fer_bench.data import load_data
-    from fer_bench.pipeline import training_dataset
+    from fer_bench.data.dataset import load_data
+    from fer_bench.data.pipeline import training_dataset
 
     data = load_data(DataConfig(), EMOTIONS, data_dir, progress=False)
     results = {}
@@ -142,9 +142,9 @@ spec = json.loads(sys.argv[1])
 import keras, tensorflow as tf
 from fer_bench import EMOTIONS
 from fer_bench.config import AugmentConfig, DataConfig, from_dict
-from fer_bench.data import load_data
-from fer_bench.models import build_model
-from fer_bench.pipeline import training_dataset
+from fer_bench.data.dataset import load_data
+from fer_bench.models.registry import build_model
+from fer_bench.data.pipeline import training_dataset
 keras.utils.set_random_seed(0)
 if spec["deterministic"]:
     tf.config.experimental.enable_op_determinism()
@@ -219,15 +219,17 @@ SPEED_CHILD = r"""
 import json, sys, time
 spec = json.loads(sys.argv[1])
 import numpy as np
-from fer_bench.config import load_config
-from fer_bench.data import load_data
-from fer_bench.train import configure_runtime, compile_for_training, EVALUATION_BATCH
-exp = load_config(spec["config"], [f"train.batch_size={spec['batch']}", f"train.epochs={spec['epochs']}"])
+from fer_bench.config import read_config
+from fer_bench.data.dataset import load_data
+from fer_bench.backends import configure_runtime
+from fer_bench.training.fit import compile_for_training
+from fer_bench.data.pipeline import EVALUATION_BATCH
+exp = read_config(spec["config"], [f"train.batch_size={spec['batch']}", f"train.epochs={spec['epochs']}"])
 runtime = configure_runtime(exp.runtime, exp.train.seed, False)  # the runner's own `auto` decisions
 import keras, tensorflow as tf
-from fer_bench.callbacks import FeedEpoch
-from fer_bench.models import build_model
-from fer_bench.pipeline import EpochFeed, evaluation_dataset
+from fer_bench.training.callbacks import FeedEpoch
+from fer_bench.models.registry import build_model
+from fer_bench.data.pipeline import EpochFeed, evaluation_dataset
 data = load_data(exp.data, exp.classes, spec["data_dir"], seed=0, progress=False)
 images, labels = data.train.images[: spec["train_images"]], data.train.labels[: spec["train_images"]]
 batch = spec["batch"] * runtime.replicas
@@ -387,7 +389,7 @@ def make_runs(root: Path, count: int) -> None:
     import pandas as pd
 
     from fer_bench import EMOTIONS
-    from fer_bench.evaluate import SplitPredictions, score_splits
+    from fer_bench.evaluation.metrics import SplitPredictions, score_splits
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 7, 3589)
@@ -430,7 +432,7 @@ def bench_cli() -> dict:
 # --- report ----------------------------------------------------------------------------------
 
 def machine() -> dict:
-    from fer_bench.artifacts import cpu_name, package_versions
+    from fer_bench.runs.artifacts import cpu_name, package_versions
 
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
             "tensorflow": package_versions().get("tensorflow-cpu") or package_versions().get("tensorflow"),

@@ -31,7 +31,7 @@ SCALE, CANVAS = 4, (480, 360)
 def sample(data_dir: Path, per_class: int, seed: int):
     from fer_bench import EMOTIONS
     from fer_bench.config import DataConfig
-    from fer_bench.data import load_data
+    from fer_bench.data.dataset import load_data
 
     test = load_data(DataConfig(), EMOTIONS, data_dir, progress=False).test
     rng = np.random.default_rng(seed)
@@ -71,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from fer_bench.backends import import_keras
-    from fer_bench.faces import DETECTORS, FRAMING, Framing, crop_face
+    from fer_bench.photos.detectors import DETECTORS, FRAMING, Framing, crop_face
 
     import_keras()
     faces, labels, names = sample(args.data_dir, args.per_class, args.seed)
@@ -79,7 +79,7 @@ def main() -> None:
     photos = [photo(face, rng) for face in faces]
     predictor = None
     if args.model:
-        from fer_bench.inference import load_predictor
+        from fer_bench.evaluation.predictors import load_predictor
 
         predictor = load_predictor(args.model)
     report = {"faces": len(faces), "per_class": args.per_class, "source": "FER-2013 PrivateTest, upscaled 4x and "

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from fer_bench.compare import accelerators_used
+from fer_bench.reporting.compare import accelerators_used
 
 REPO = Path(__file__).resolve().parents[1]
 

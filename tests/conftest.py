@@ -121,7 +121,8 @@ def smoke_argv(config: Path, data: Path, results: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def trained_runs(tmp_path_factory, fer_folder) -> Path:
     """Two small finished runs on the synthetic set (3 classes), shared by the compare/predict/ensemble tests."""
-    from fer_bench.runner import load_experiment, run_experiment
+    from fer_bench.experiment import load_experiment
+    from fer_bench.runs.runner import run_experiment
 
     results = tmp_path_factory.mktemp("results")
     overrides = ["data.classes=[angry, happy, surprise]", "train.epochs=3", "train.batch_size=8",
@@ -142,7 +143,7 @@ def copy_shipped_photos(folder: Path):
 
     import pandas as pd
 
-    from fer_bench.inference import SHIPPED_MODEL
+    from fer_bench.evaluation.predictors import SHIPPED_MODEL
 
     run = json.loads((SHIPPED_MODEL / "metrics.json").read_text())["run"]
     committed = pd.read_csv(REPO / "results" / "reference" / run / "predictions.csv")

@@ -20,15 +20,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
-
-from fer_bench.cli import app
+from conftest import CONFIGS, REAL_DATA, REPO, copy_shipped_photos, make_fer_folder, smoke_argv, smoke_classes, smoke_data_path
 from helpers import check_run
-from conftest import (CONFIGS, REAL_DATA, REPO, copy_shipped_photos, make_fer_folder, smoke_argv, smoke_classes,
-                      smoke_data_path)
 from test_distribution import assert_mirrored_matches_single, distribution_runs, make_distribution_data
 from test_shipped import assert_committed_predictions, assert_committed_score
 from test_trust import face_photo
+from typer.testing import CliRunner
+
+from fer_bench.cli import app
 
 pytestmark = [pytest.mark.slow, pytest.mark.jax_worker]
 

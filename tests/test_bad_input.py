@@ -5,12 +5,12 @@ import os
 
 import numpy as np
 import pytest
+from conftest import REPO, make_fer_folder
 from PIL import Image
 from typer.testing import CliRunner
 
-from fer_bench import artifacts
 from fer_bench.cli import app
-from conftest import REPO, make_fer_folder
+from fer_bench.runs import artifacts
 
 runner = CliRunner()
 TINY = ["--set", "train.epochs=1", "--set", "model.params.filters=[8]", "--set", "train.batch_size=8"]
@@ -104,7 +104,7 @@ def test_read_only_results_directory(tmp_path, fer_folder):
 
 @pytest.mark.slow
 def test_disk_full_while_writing(tmp_path, fer_folder, monkeypatch):
-    real_atomic = artifacts._atomic
+    real_atomic = artifacts.atomic_write
 
     def full_disk(path, write):
         if path.name == "metrics.json":
@@ -114,11 +114,11 @@ def test_disk_full_while_writing(tmp_path, fer_folder, monkeypatch):
             return real_atomic(path, fail)
         return real_atomic(path, write)
 
-    monkeypatch.setattr(artifacts, "_atomic", full_disk)
+    monkeypatch.setattr(artifacts, "atomic_write", full_disk)
     result = run(REPO / "configs" / "custom_cnn.yaml", "--data-dir", fer_folder, "--results-dir", tmp_path, *TINY)
     run_dir = tmp_path / "custom_cnn"
     assert one_error_line(result) == f"error: cannot write {run_dir / 'metrics.json'}: No space left on device"
-    assert not (run_dir / "metrics.json").exists() and not list(run_dir.glob("*.tmp"))
+    assert not (run_dir / "metrics.json").exists() and not list(run_dir.glob(".*.tmp*"))
     import json
 
     status = json.loads((run_dir / "status.json").read_text())

@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from fer_bench import charts
+from fer_bench.evaluation import charts
 
 LONG = "reference/ensemble-tuned-cnn-svm-hog-with-a-long-tail"
 

@@ -2,17 +2,17 @@ import json
 
 import numpy as np
 import pytest
+from conftest import REPO
+from helpers import check_run
 from typer.testing import CliRunner
 
-from fer_bench.classical import CLASSIFIERS, FeatureModel, FeatureSpec, extract
 from fer_bench.cli import app
 from fer_bench.config import AugmentConfig, TrainConfig, from_dict
+from fer_bench.data.pipeline import epoch_class_counts, training_dataset
 from fer_bench.errors import ConfigError
-from fer_bench.pipeline import epoch_class_counts, training_dataset
-from fer_bench.runner import load_experiment
-from fer_bench.train import make_loss
-from helpers import check_run
-from conftest import REPO
+from fer_bench.experiment import load_experiment
+from fer_bench.models.features import CLASSIFIERS, FeatureModel, FeatureSpec, extract
+from fer_bench.training.fit import make_loss
 
 runner = CliRunner()
 CLASSES = ("angry", "happy", "surprise")
@@ -71,7 +71,7 @@ def test_every_classifier_fits_and_gives_probabilities(name, classes):
     images[labels == 1, :10] = 255
     exp = from_dict({"data": {"classes": list(classes)}, "model": {"name": name},
                      "features": {"extractor": "hog"}})
-    from fer_bench.classical import make_pipeline
+    from fer_bench.models.features import make_pipeline
 
     spec = FeatureSpec("hog", {"hog_cell": 8, "hog_block": 2, "hog_orientations": 9})
     model = FeatureModel(classes, spec, make_pipeline(exp, 29).fit(extract(images, spec), labels))

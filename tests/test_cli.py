@@ -3,11 +3,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO, make_fer_folder
+from helpers import check_run
 from typer.testing import CliRunner
 
 from fer_bench.cli import app
-from helpers import check_run
-from conftest import REPO, make_fer_folder
 
 runner = CliRunner()
 TINY = ["--set", "train.epochs=2", "--set", "train.batch_size=16", "--set", "model.params.filters=[8, 16]",

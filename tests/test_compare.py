@@ -5,13 +5,13 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import check_run
 from typer.testing import CliRunner
 
 from fer_bench.cli import app
-from fer_bench.artifacts import Run
-from fer_bench.compare import significance_table, significance_text, trained_on
-from fer_bench.evaluate import bootstrap_scores, confidence_interval, holm_adjusted, mcnemar_exact
-from helpers import check_run
+from fer_bench.evaluation.metrics import bootstrap_scores, confidence_interval, holm_adjusted, mcnemar_exact
+from fer_bench.reporting.compare import significance_table, significance_text, trained_on
+from fer_bench.runs.artifacts import Run
 
 runner = CliRunner()
 CLASSES = ("angry", "happy", "surprise")

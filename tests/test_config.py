@@ -1,9 +1,9 @@
 import pytest
-
-from fer_bench.config import Options, describe_schema, from_dict, load_config
-from fer_bench.errors import ConfigError
-from fer_bench.runner import load_experiment
 from conftest import CONFIGS
+
+from fer_bench.config import Options, describe_schema, from_dict, read_config
+from fer_bench.errors import ConfigError
+from fer_bench.experiment import load_experiment
 
 
 def write(tmp_path, text):
@@ -20,7 +20,7 @@ def test_every_shipped_config_loads_and_validates():
 
 
 def test_defaults_fill_missing_sections(tmp_path):
-    exp = load_config(write(tmp_path, "model: {name: custom_cnn}\n"))
+    exp = read_config(write(tmp_path, "model: {name: custom_cnn}\n"))
     assert exp.train.epochs == 30 and exp.data.input_size == 48 and exp.augment.enabled is False
     assert exp.classes[0] == "angry" and len(exp.classes) == 7
 
@@ -49,7 +49,7 @@ def test_defaults_fill_missing_sections(tmp_path):
 ])
 def test_bad_configs_name_the_key(tmp_path, text, pattern):
     with pytest.raises(ConfigError, match=pattern):
-        load_config(write(tmp_path, text))
+        load_experiment(write(tmp_path, text))
 
 
 def test_unknown_model_and_params_are_config_errors(tmp_path):
@@ -67,14 +67,14 @@ def test_unknown_model_and_params_are_config_errors(tmp_path):
 
 def test_overrides_set_nested_keys_as_yaml(tmp_path):
     path = write(tmp_path, "train: {epochs: 5}")
-    exp = load_config(path, ["train.epochs=2", "train.early_stopping_patience=null", "data.classes=[happy, sad]",
+    exp = read_config(path, ["train.epochs=2", "train.early_stopping_patience=null", "data.classes=[happy, sad]",
                              "model.params.dropout=0.2", "augment.flip=true"])
     assert exp.train.epochs == 2 and exp.train.early_stopping_patience is None
     assert exp.classes == ("happy", "sad") and exp.model.params == {"dropout": 0.2} and exp.augment.flip
     with pytest.raises(ConfigError, match=r"unknown key 'train.epoks'"):
-        load_config(path, ["train.epoks=2"])
+        read_config(path, ["train.epoks=2"])
     with pytest.raises(ConfigError, match=r"--set expects KEY=VALUE"):
-        load_config(path, ["train.epochs"])
+        read_config(path, ["train.epochs"])
 
 
 def test_ints_are_accepted_where_floats_are_expected_but_not_bools():
@@ -85,7 +85,7 @@ def test_ints_are_accepted_where_floats_are_expected_but_not_bools():
 
 def test_missing_config_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
-        load_config(tmp_path / "nope.yaml")
+        read_config(tmp_path / "nope.yaml")
 
 
 def test_schema_description_covers_every_key():

@@ -8,9 +8,9 @@ import sys
 import time
 
 import pytest
+from conftest import REPO, make_fer_folder
 
 from fer_bench import console
-from conftest import REPO, make_fer_folder
 
 NOISE = ("oneDNN", "absl::InitializeLog", "cpu_feature_guard")
 
@@ -75,7 +75,7 @@ def test_a_step_without_progress_of_its_own_shows_a_timer_on_a_terminal(monkeypa
 
 def test_the_live_bar_reads_the_loss_only_when_it_redraws(monkeypatch):
     """Reading a loss waits for the device (JAX runs ahead of Python): not after every step, only per redraw."""
-    from fer_bench.callbacks import BatchProgress
+    from fer_bench.training.callbacks import BatchProgress
 
     class Loss:
         reads = 0

@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
+from conftest import make_fer_folder, synthetic_face
 from PIL import Image
 
 from fer_bench import EMOTIONS
 from fer_bench.config import DataConfig
-from fer_bench.data import data_notices, inspect_data, load_data, stratified_indices
+from fer_bench.data.dataset import data_notices, inspect_data, load_data, stratified_indices
 from fer_bench.errors import ConfigError, DataError
-from conftest import make_fer_folder, synthetic_face
 
 
 def load(path, classes=EMOTIONS, **kwargs):

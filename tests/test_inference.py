@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REAL_DATA, REPO, synthetic_face
 from PIL import Image
 from typer.testing import CliRunner
 
 from fer_bench.cli import app
-from fer_bench.inference import load_predictor, tta_views
-from conftest import REAL_DATA, REPO, synthetic_face
+from fer_bench.evaluation.predictors import load_predictor
+from fer_bench.evaluation.tta import tta_views
 
 runner = CliRunner()
 CLASSES = ("angry", "happy", "surprise")
@@ -73,7 +74,7 @@ def test_predict_needs_class_names_for_a_bare_model(trained_runs, tmp_path):
 @pytest.mark.skipif(not (REAL_DATA / "test").is_dir(), reason="needs ../shared/fer2013 for a real face")
 @pytest.mark.parametrize("detector", ["mtcnn", "haar"])
 def test_predict_finds_a_face_in_a_larger_photo_and_crops_it_as_in_training(trained_runs, tmp_path, detector):
-    from fer_bench.faces import FRAMING, faces_in, load_detector
+    from fer_bench.photos.detectors import FRAMING, faces_in, load_detector
 
     stored = Image.open(REAL_DATA / "test" / "happy" / "PrivateTest_10077120.jpg").convert("L")
     photo = Image.new("RGB", (480, 360), (128, 128, 128))
@@ -108,7 +109,7 @@ def test_an_unknown_detector_is_one_line(trained_runs, tmp_path):
 
 
 def test_a_crop_reaching_past_the_border_is_padded():
-    from fer_bench.faces import crop_face
+    from fer_bench.photos.detectors import crop_face
 
     grey = np.full((100, 100), 90, np.uint8)
     crop = crop_face(grey, (-10, 70, 60, 60), "mtcnn")
@@ -116,7 +117,7 @@ def test_a_crop_reaching_past_the_border_is_padded():
 
 
 def test_the_framing_in_use_is_the_committed_measurement():
-    from fer_bench.faces import FRAMING
+    from fer_bench.photos.detectors import FRAMING
 
     measured = json.loads((REPO / "results" / "benchmark" / "detectors.json").read_text())["detectors"]
     assert {name: framing.__dict__ for name, framing in FRAMING.items()} == {
@@ -247,7 +248,7 @@ def test_loading_a_mixed_precision_run_prints_no_keras_warning(fer_folder, tmp_p
 
 @pytest.mark.slow
 def test_annotations_scale_with_the_photo_and_say_when_no_face_was_found(trained_runs, tmp_path):
-    from fer_bench.inference import _annotate
+    from fer_bench.photos.predict import _annotate
 
     big = Image.new("RGB", (4000, 3000), (128, 128, 128))
     face = {"box": {"x": 1000, "y": 1000, "width": 800, "height": 800}, "emotion": "happy", "top3": [["happy", 0.9], ["angry", 0.05], ["surprise", 0.05]]}

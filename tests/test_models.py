@@ -3,7 +3,7 @@ import pytest
 
 from fer_bench.config import from_dict
 from fer_bench.errors import FerBenchError
-from fer_bench.models import BACKBONES, FEATURE_LAYER, MODELS, build_model, load_model
+from fer_bench.models.registry import BACKBONES, FEATURE_LAYER, MODELS, build_model, load_model
 
 
 def experiment(name, **model):
@@ -67,7 +67,7 @@ def test_saved_models_reload_in_safe_mode(tmp_path):
 def test_backbone_batchnorm_learns_from_scratch_and_stays_fixed_in_a_fine_tune(phase):
     import keras
 
-    from fer_bench.train import _set_trainable
+    from fer_bench.training.fit import _set_trainable
 
     model = build_model(experiment("mobilenetv2", params={"alpha": 0.35}))
     _set_trainable(model, phase, unfreeze_top=1000)

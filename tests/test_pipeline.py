@@ -1,7 +1,7 @@
 import numpy as np
 
 from fer_bench.config import AugmentConfig
-from fer_bench.pipeline import affine_augment, evaluation_dataset, training_dataset
+from fer_bench.data.pipeline import affine_augment, evaluation_dataset, training_dataset
 
 
 def batch(n=8, seed=0):
@@ -91,7 +91,7 @@ def test_evaluation_dataset_keeps_order():
 def test_random_erasing_replaces_one_rectangle_of_the_chosen_images():
     import tensorflow as tf
 
-    from fer_bench.pipeline import ERASED_AREA, random_erasing
+    from fer_bench.data.pipeline import ERASED_AREA, random_erasing
 
     images = np.full((64, 48, 48, 1), 7.0, dtype=np.float32)
     seed = tf.constant([5, 6], dtype=tf.int64)

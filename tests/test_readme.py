@@ -2,9 +2,9 @@ import re
 import subprocess
 import sys
 
+from conftest import REPO
 from typer.testing import CliRunner
 
-from conftest import REPO
 from fer_bench.cli import app
 
 REFERENCE = REPO / "results" / "reference"

@@ -10,13 +10,14 @@ import time
 
 import pandas as pd
 import pytest
+from conftest import REPO, make_fer_folder
 from typer.testing import CliRunner
 
-from fer_bench.artifacts import RunDirectory
 from fer_bench.cli import app
 from fer_bench.config import to_dict
-from fer_bench.runner import _same_experiment, load_experiment
-from conftest import REPO, make_fer_folder
+from fer_bench.experiment import load_experiment
+from fer_bench.runs.artifacts import RunDirectory
+from fer_bench.runs.runner import _same_experiment
 
 CLASSES = "[angry, happy, surprise]"
 

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from fer_bench import backends
-from fer_bench.backends import Distribution
+from fer_bench.backends import Distribution, Runtime
 from fer_bench.config import RuntimeConfig
 from fer_bench.errors import FerBenchError
-from fer_bench.train import Runtime
 
 FAKE_NVIDIA_SMI = """#!/bin/sh
 if [ "$1" = "--query-gpu=name,memory.total,driver_version" ]; then
@@ -122,7 +121,7 @@ def test_a_backend_that_is_not_installed_is_one_line(tmp_path):
 def test_auto_turns_on_mixed_precision_xla_and_more_steps_where_the_backend_sees_a_gpu(monkeypatch):
     import keras
 
-    from fer_bench.train import configure_runtime
+    from fer_bench.backends import configure_runtime
 
     class GpuSeen(backends.TensorFlowBackend):
         def accelerators(self):

@@ -3,12 +3,12 @@
 import json
 
 import pytest
+from conftest import REPO, SHIPPED_PER_CLASS
 from typer.testing import CliRunner
 
 from fer_bench import EMOTIONS
 from fer_bench.cli import app
-from fer_bench.inference import SHIPPED_MODEL
-from conftest import REPO, SHIPPED_PER_CLASS
+from fer_bench.evaluation.predictors import SHIPPED_MODEL
 
 runner = CliRunner()
 METRICS = json.loads((SHIPPED_MODEL / "metrics.json").read_text())

@@ -7,12 +7,12 @@ classifier on two classes.
 
 import pytest
 import yaml
+from conftest import CONFIGS, REPO, TWO_CLASSES, smoke_argv, smoke_classes
+from helpers import check_run
 from typer.testing import CliRunner
 
 from fer_bench.cli import app
-from fer_bench.models import MODELS
-from helpers import check_run
-from conftest import CONFIGS, REPO, TWO_CLASSES, smoke_argv, smoke_classes
+from fer_bench.models.registry import MODELS
 
 
 def test_two_class_smoke_runs_cover_every_deep_model_family():

@@ -12,16 +12,17 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REAL_DATA, REPO, make_fer_folder
 from PIL import Image
 from typer.testing import CliRunner
 
 from fer_bench import EMOTIONS
 from fer_bench.cli import app
-from fer_bench.config import DataConfig, load_config, parse_override
-from fer_bench.data import load_data, open_image
+from fer_bench.config import DataConfig, parse_override, read_config
+from fer_bench.data.dataset import load_data
+from fer_bench.data.decoding import open_image
 from fer_bench.errors import ConfigError, DataError
-from fer_bench.runner import load_experiment
-from conftest import REAL_DATA, REPO, make_fer_folder
+from fer_bench.experiment import load_experiment
 
 runner = CliRunner()
 TINY = ["--set", "train.epochs=1", "--set", "model.params.filters=[8]", "--set", "train.batch_size=8",
@@ -114,7 +115,7 @@ def test_evaluate_on_a_train_test_layout_scores_test_only_and_says_so(trained_ru
 def test_numbers_in_exponent_form_are_numbers(tmp_path):
     assert parse_override("train.learning_rate=1e-4") == (["train", "learning_rate"], 1e-4)
     (tmp_path / "lr.yaml").write_text("train:\n  learning_rate: 1e-3\n  weight_decay: 5E-4\n  optimizer: adamw\n")
-    exp = load_config(tmp_path / "lr.yaml", ["model.fine_tune=null", "train.momentum=.5e0"])
+    exp = read_config(tmp_path / "lr.yaml", ["model.fine_tune=null", "train.momentum=.5e0"])
     assert (exp.train.learning_rate, exp.train.weight_decay, exp.train.momentum) == (1e-3, 5e-4, 0.5)
 
 
@@ -151,9 +152,9 @@ def test_paths_in_a_config_are_read_from_its_folder_and_set_paths_from_the_worki
     assert exp.features.cnn_config == str(REPO / "configs" / "custom_cnn_aug.yaml")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "exp.yaml").write_text("data: {path: ../data}\nmodel: {name: custom_cnn}\n")
-    assert load_config(tmp_path / "sub" / "exp.yaml").data.path == str(tmp_path / "data")
-    assert load_config("sub/exp.yaml", ["data.path=elsewhere"]).data.path == "elsewhere"
-    assert load_config(REPO / "configs" / "vgg16.yaml").model.weights == "imagenet"
+    assert read_config(tmp_path / "sub" / "exp.yaml").data.path == str(tmp_path / "data")
+    assert read_config("sub/exp.yaml", ["data.path=elsewhere"]).data.path == "elsewhere"
+    assert read_config(REPO / "configs" / "vgg16.yaml").model.weights == "imagenet"
 
 
 def test_set_on_a_feature_config_reaches_its_first_stage_cnn():
@@ -292,7 +293,7 @@ def test_the_live_bar_fits_an_80_column_terminal_and_keeps_its_eta():
 
 
 def test_a_pca_pipeline_says_it_fits_the_components():
-    from fer_bench.classical import _fit_input, make_pipeline
+    from fer_bench.models.features import _fit_input, make_pipeline
 
     exp = load_experiment(REPO / "configs" / "pca_svm.yaml")
     assert _fit_input(make_pipeline(exp, 500), (1050, 2304)) == "1050 x 100 principal components (of 2304 features)"
@@ -301,7 +302,7 @@ def test_a_pca_pipeline_says_it_fits_the_components():
 
 
 def test_a_model_that_predicts_one_class_is_warned_about():
-    from fer_bench.evaluate import single_class_warning
+    from fer_bench.evaluation.metrics import single_class_warning
 
     assert single_class_warning(np.full(30, 3), EMOTIONS, "test") == (
         "warning: the model predicts 'happy' for every one of the 30 test images: it has not learnt to tell the "
@@ -317,7 +318,7 @@ def test_version():
 
 
 def test_two_runs_with_the_same_curve_are_both_visible():
-    from fer_bench.charts import validation_curves_figure
+    from fer_bench.evaluation.charts import validation_curves_figure
 
     history = pd.DataFrame({"epoch": np.arange(1, 31), "val_accuracy": np.linspace(0.3, 0.6, 30)})
     figure = validation_curves_figure([("first", history), ("second", history)])
@@ -332,7 +333,7 @@ def test_two_runs_with_the_same_curve_are_both_visible():
 
 
 def test_confusion_grid_has_a_colour_scale_and_a_class_without_images_is_blank():
-    from fer_bench.charts import confusion_grid_figure
+    from fer_bench.evaluation.charts import confusion_grid_figure
 
     matrix = np.array([[5, 1, 0], [0, 0, 0], [1, 0, 4]])
     figure = confusion_grid_figure(["run"], [matrix], [("angry", "disgust", "happy")], "test")

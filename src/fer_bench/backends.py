@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +114,7 @@ class JaxBackend:
             raise FerBenchError("runtime.cpu_devices can only be set for the first run of a process")
         # Compiled programs are kept on disk, so a resumed or repeated run skips XLA compilation.
         if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-            from fer_bench.data import cache_dir
+            from fer_bench.files import cache_dir
 
             jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax-compilation"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
@@ -211,8 +211,8 @@ def import_keras() -> Any:
 
         try:
             with native_stderr_filtered():
-                import tensorflow  # noqa: F401 - tf.data feeds every backend; its banner is filtered here
                 import keras  # noqa: F401
+                import tensorflow  # noqa: F401 - tf.data feeds every backend; its banner is filtered here
         except ImportError as exc:
             missing = (exc.name or "").split(".")[0] or str(exc)
             extra = {"tensorflow": "cpu (or gpu, jax, jax-cuda)", "jax": "jax (or jax-cuda)"}.get(missing, "cpu")
@@ -247,3 +247,84 @@ def nvidia_gpus() -> list[dict]:
 def hardware_record(backend: Any) -> dict:
     """The accelerators the backend uses, the GPUs the driver reports (used or not), and the backend's build."""
     return {"accelerators": backend.accelerators(), "nvidia_smi": nvidia_gpus(), "backend_build": backend.build()}
+
+
+# --- the runtime a run trains with -----------------------------------------------------------------
+
+@dataclass
+class Runtime:
+    """What the run actually used, after `auto` was resolved."""
+
+    backend: str
+    devices: list[str]
+    distribution: Distribution
+    mixed_precision: bool
+    jit_compile: bool
+    steps_per_execution: int
+    hardware: dict = field(default_factory=dict)
+
+    @property
+    def accelerated(self) -> bool:
+        return bool(self.hardware.get("accelerators"))
+
+    @property
+    def replicas(self) -> int:
+        return self.distribution.replicas
+
+    def scope(self) -> Any:
+        """Build, compile and fit inside this: it places the model's variables and splits its batches."""
+        return self.distribution.scope()
+
+    def record(self) -> dict:
+        return {"backend": self.backend, "devices": self.devices, "replicas": self.replicas,
+                "mixed_precision": self.mixed_precision, "jit_compile": self.jit_compile,
+                "distribution": self.distribution.kind, "steps_per_execution": self.steps_per_execution,
+                **self.hardware}
+
+    def describe(self) -> str:
+        """One console line: backend, devices and the switches `auto` settled."""
+        names = [a["name"] for a in self.hardware.get("accelerators", [])]
+        where = f"{len(names)} x {names[0]}" if names and len(set(names)) == 1 else ", ".join(names or self.devices)
+        line = (f"runtime: Keras on {self.backend}, {where}, mixed precision {'on' if self.mixed_precision else 'off'}, "
+                f"XLA {'on' if self.jit_compile else 'off'}")
+        if self.replicas > 1:
+            line += f", {self.replicas} replicas ({self.distribution.kind})"
+        if self.steps_per_execution > 1:
+            line += f", {self.steps_per_execution} steps per execution"
+        unused = self.hardware.get("nvidia_smi", [])
+        if unused and not names:
+            line += (f"\nwarning: the driver reports {unused[0]['name']}, but Keras on {self.backend} sees no GPU: "
+                     "see README, 'Installing for a GPU'")
+        return line
+
+
+STEPS_PER_EXECUTION_ON_ACCELERATORS = 16
+
+
+def _resolve_auto(value: bool | str, default: bool) -> bool:
+    return default if value == AUTO else bool(value)
+
+
+def configure_runtime(runtime: RuntimeConfig, seed: int, deterministic: bool) -> Runtime:
+    """Seed everything and pick backend, precision, XLA and distribution from the backend's own devices."""
+    backend = activate(runtime, deterministic)
+    keras = import_keras()
+
+    backend.start(runtime, deterministic)
+    keras.utils.set_random_seed(seed)
+    hardware = hardware_record(backend)
+    accelerated = bool(hardware["accelerators"])
+    mixed = _resolve_auto(runtime.mixed_precision, accelerated)
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    devices = backend.devices()
+    kind = runtime.distribution
+    if kind == AUTO:
+        kind = "mirrored" if len(hardware["accelerators"]) > 1 else "none"
+    steps = runtime.steps_per_execution
+    if steps == AUTO:
+        steps = STEPS_PER_EXECUTION_ON_ACCELERATORS if accelerated else 1
+    distribution = backend.distribute(kind, devices)
+    return Runtime(backend=backend.name, devices=devices[:distribution.replicas],
+                   distribution=distribution, mixed_precision=mixed,
+                   jit_compile=_resolve_auto(runtime.jit_compile, backend.xla_by_default(accelerated)),
+                   steps_per_execution=int(steps), hardware=hardware)

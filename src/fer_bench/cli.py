@@ -12,9 +12,9 @@ from typing import Annotated, Any, Optional
 import numpy as np
 import typer
 
-from fer_bench.artifacts import check_name
 from fer_bench.errors import FerBenchError
-from fer_bench.faces import DEFAULT_DETECTOR
+from fer_bench.photos.detectors import DEFAULT_DETECTOR
+from fer_bench.runs.artifacts import check_name
 
 app = typer.Typer(help="Train, evaluate and compare facial-expression-recognition models on FER-2013.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -70,7 +70,8 @@ def run(
     restart: Annotated[bool, typer.Option("--restart", help="discard an existing run of the same name")] = False,
 ) -> None:
     """Train and evaluate each experiment; write its artifacts under RESULTS_DIR/<name>/."""
-    from fer_bench.runner import load_experiment, run_experiment
+    from fer_bench.experiment import load_experiment
+    from fer_bench.runs.runner import run_experiment
 
     if name and len(configs) > 1:
         fail("--name names one run; drop it to run several configs")
@@ -101,7 +102,7 @@ def compare(
     sort: Annotated[Optional[str], typer.Option("--sort", help="column to sort by (default: the metric)")] = None,
 ) -> None:
     """Compare finished runs: table, 95% bootstrap intervals, McNemar tests and charts."""
-    from fer_bench.compare import METRICS, SORT_KEYS, compare_runs
+    from fer_bench.reporting.compare import METRICS, SORT_KEYS, compare_runs
 
     choices = {"--metric": (metric, METRICS), "--split": (split, ("validation", "test")),
                "--sort": (sort or metric, SORT_KEYS)}
@@ -129,9 +130,11 @@ def predict(
         "--detector", help="mtcnn (finds more faces) or haar (about 4x faster)")] = DEFAULT_DETECTOR,
 ) -> None:
     """Find the faces in ordinary photos and say which emotion each shows."""
-    from fer_bench.artifacts import RunDirectory
-    from fer_bench.faces import DETECTORS
-    from fer_bench.inference import SHIPPED_MODEL, is_model_source, load_predictor, predict_photos, tta_views
+    from fer_bench.evaluation.predictors import SHIPPED_MODEL, is_model_source, load_predictor
+    from fer_bench.evaluation.tta import tta_views
+    from fer_bench.photos.detectors import DETECTORS
+    from fer_bench.photos.predict import predict_photos
+    from fer_bench.runs.artifacts import RunDirectory
 
     model, images = (arguments[0], arguments[1:]) if is_model_source(arguments[0]) else (SHIPPED_MODEL, arguments)
     if not images:
@@ -180,7 +183,9 @@ def evaluate(
     An earlier evaluation is never replaced silently: a default name that is taken gets a numbered
     sibling (NAME-2), an explicit --name that is taken is an error unless --overwrite.
     """
-    from fer_bench.inference import SHIPPED_MODEL, evaluate_on_dataset, tta_views
+    from fer_bench.evaluation.predictors import SHIPPED_MODEL
+    from fer_bench.evaluation.tta import tta_views
+    from fer_bench.runs.crossdata import evaluate_on_dataset
 
     tta_views(np.zeros((0, 48, 48), np.uint8), tta)
     if name is not None:
@@ -203,7 +208,7 @@ def ensemble(
     results_dir: Annotated[Optional[Path], typer.Option("--results-dir", help="default: the first run's folder")] = None,
 ) -> None:
     """Average the test probabilities of several runs into a new run that `compare` ranks beside them."""
-    from fer_bench.ensemble import ensemble_runs
+    from fer_bench.runs.ensemble import ensemble_runs
 
     check_name(name)
     path, record = ensemble_runs(runs, name, results_dir)
@@ -214,8 +219,8 @@ def ensemble(
 @app.command()
 def models() -> None:
     """List what `model.name` can be: deep models, and classifiers on features (with `features.extractor`)."""
-    from fer_bench.classical import CLASSIFIERS, EXTRACTORS, classifier_params
-    from fer_bench.models import BACKBONES, MODELS, model_params
+    from fer_bench.models.features import CLASSIFIERS, EXTRACTORS, classifier_params
+    from fer_bench.models.registry import BACKBONES, MODELS, model_params
 
     def show(name: str, kind: str, params: dict) -> None:
         typer.echo(f"{name:<20} {kind:<24} {', '.join(f'{k}={v!r}' for k, v in params.items())}")
@@ -232,7 +237,7 @@ def models() -> None:
 @one_line_errors
 def data_download() -> None:
     """Fetch FER-2013 (msambare/fer2013) through kagglehub and print where it is."""
-    from fer_bench.data import download_fer2013
+    from fer_bench.data.sources import download_fer2013
 
     typer.echo(str(download_fer2013()))
 
@@ -246,7 +251,7 @@ def data_inspect(
     """Splits, class counts, and the unreadable, duplicate and blank images."""
     from fer_bench import EMOTIONS
     from fer_bench.config import DataConfig
-    from fer_bench.data import SPLITS, inspect_data, load_data
+    from fer_bench.data.dataset import SPLITS, inspect_data, load_data
 
     report = inspect_data(load_data(DataConfig(), EMOTIONS, data_dir))
     if as_json:

@@ -200,7 +200,8 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    backend: str = _field(AUTO, Options((AUTO, "tensorflow", "jax")),
+    # The names are the backend registry's (checked in experiment.load_experiment): one entry adds a backend.
+    backend: str = _field(AUTO, doc=
                           "Keras backend; auto = KERAS_BACKEND, else Keras' default (tensorflow)")
     mixed_precision: bool | str = _field(AUTO, Options((AUTO, True, False)), "auto (on with a GPU or TPU) | true | false")
     jit_compile: bool | str = _field(AUTO, Options((AUTO, True, False)), "XLA; auto = on with a GPU, and always on jax | true | false")
@@ -502,8 +503,12 @@ def _paths_from_folder(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
     return raw
 
 
-def load_config(path: Path | str, overrides: list[str] | None = None) -> Experiment:
-    """Load, override and validate one experiment file; the name defaults to the file's stem."""
+def read_config(path: Path | str, overrides: list[str] | None = None) -> Experiment:
+    """Read, override and check one experiment file against the schema; the name defaults to the file's stem.
+
+    The schema alone: `experiment.load_experiment` is the way in for anything that runs, since only it
+    knows the registries (models, classifiers, data sources, backends).
+    """
     path = Path(path)
     raw = apply_overrides(_paths_from_folder(read_yaml(path), path.parent), overrides or [])
     raw.setdefault("name", path.stem)

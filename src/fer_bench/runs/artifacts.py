@@ -1,7 +1,7 @@
 """The run directory: every file written atomically, a status that says how far the run got.
 
-A reader never sees half a file: each write goes to `<name>.tmp` and is moved into place with
-`os.replace`. `metrics.json` is written last, and `status.json` says `running`, `finished` or
+A reader never sees half a file: each write goes through `files.atomic_write` (a temporary name
+of this process's own, moved into place with `os.replace`). `metrics.json` is written last, and `status.json` says `running`, `finished` or
 `failed` (with the error), so `compare` reads finished runs only.
 
 The process writing a run holds an exclusive lock on its `.lock` file. The kernel drops the lock
@@ -14,8 +14,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
 import platform
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,15 +28,14 @@ import numpy as np
 import yaml
 
 from fer_bench.errors import FerBenchError, RunError
-from fer_bench.evaluate import SplitPredictions, confusion, report_text, score_splits
+from fer_bench.evaluation.metrics import SplitPredictions, confusion, report_text, score_splits
+from fer_bench.files import METRICS_FILE, STATUS_FILE, atomic_write
 
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; runs of the same name must not overlap there
     fcntl = None
 
-STATUS_FILE = "status.json"
-METRICS_FILE = "metrics.json"
 LOCK_FILE = ".lock"
 PACKAGES = ("fer-bench", "tensorflow", "tensorflow-cpu", "keras", "numpy", "scikit-learn", "pandas",
             "matplotlib", "seaborn", "pyyaml", "typer", "pillow", "kagglehub")
@@ -51,16 +50,6 @@ def numbered_siblings(folder: Path, name: str) -> Iterator[Path]:
     for number in range(2, 10_000):
         yield folder / f"{name}-{number}"
     raise RunError(f"too many folders named {name}-N under {folder}")
-
-
-def _atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)  # atomic: no reader sees half a file
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise FerBenchError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def check_name(name: str, option: str = "--name") -> str:
@@ -149,7 +138,7 @@ class RunDirectory:
         return self.path / name
 
     def write_text(self, name: str, text: str) -> None:
-        _atomic(self.file(name), lambda tmp: tmp.write_text(text))
+        atomic_write(self.file(name), lambda tmp: tmp.write_text(text))
 
     def write_json(self, name: str, data: Any) -> None:
         self.write_text(name, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
@@ -158,34 +147,27 @@ class RunDirectory:
         self.write_text(name, yaml.safe_dump(data, sort_keys=False))
 
     def write_table(self, name: str, frame: Any) -> None:
-        _atomic(self.file(name), lambda tmp: frame.to_csv(tmp, index=False))
+        atomic_write(self.file(name), lambda tmp: frame.to_csv(tmp, index=False))
 
     def write_figure(self, name: str, figure: Any) -> None:
         import matplotlib.pyplot as plt
 
         try:
-            _atomic(self.file(name), lambda tmp: figure.savefig(tmp, dpi=110, format=Path(name).suffix[1:]))
+            atomic_write(self.file(name), lambda tmp: figure.savefig(tmp, dpi=110, format=Path(name).suffix[1:]))
         finally:
             plt.close(figure)
 
     def write_image(self, name: str, image: Any) -> None:
         """Save a PIL image; the format follows the name's suffix."""
-        _atomic(self.file(name), lambda tmp: image.save(tmp, format=Path(name).suffix[1:].upper().replace("JPG", "JPEG")))
+        atomic_write(self.file(name), lambda tmp: image.save(tmp, format=Path(name).suffix[1:].upper().replace("JPG", "JPEG")))
 
     def save_model(self, model: Any, name: str = "model.keras") -> None:
-        # Keras insists on the .keras suffix, so the temporary file keeps it.
-        tmp = self.file(f"tmp-{name}")
-        try:
-            model.save(tmp)
-            os.replace(tmp, self.file(name))
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise FerBenchError(f"cannot write {self.file(name)}: {exc.strerror or exc}") from None
+        atomic_write(self.file(name), model.save)  # the temporary name keeps .keras, which Keras insists on
 
     def save_joblib(self, obj: Any, name: str = "model.joblib") -> None:
         import joblib
 
-        _atomic(self.file(name), lambda tmp: joblib.dump(obj, tmp))
+        atomic_write(self.file(name), lambda tmp: joblib.dump(obj, tmp))
 
     def read_json(self, name: str) -> Any:
         return json.loads(self.file(name).read_text())
@@ -287,7 +269,7 @@ def write_evaluation(run: RunDirectory, classes: tuple[str, ...], predictions: d
     """Predictions, report, and the confusion matrix of the last split (test, when there is one); return metrics."""
     import pandas as pd
 
-    from fer_bench.charts import confusion_figure
+    from fer_bench.evaluation.charts import confusion_figure
 
     metrics = score_splits(predictions, classes)
     run.write_table("predictions.csv", prediction_table(predictions, classes))

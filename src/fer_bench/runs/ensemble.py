@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_bench.artifacts import METRICS_FILE, RunDirectory, environment_record, now, read_run, write_evaluation
 from fer_bench.errors import RunError
-from fer_bench.evaluate import SplitPredictions
+from fer_bench.evaluation.metrics import SplitPredictions
+from fer_bench.files import METRICS_FILE
+from fer_bench.runs.artifacts import RunDirectory, environment_record, now, read_run, write_evaluation
 
 
 def ensemble_runs(run_paths: list[Path], name: str, results_dir: Path | None = None) -> tuple[Path, dict]:

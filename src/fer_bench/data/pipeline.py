@@ -21,6 +21,9 @@ from fer_bench.config import AugmentConfig
 
 SAMPLING = ("none", "oversample", "undersample")
 
+# Evaluation holds no gradients: bigger batches than training's cost little memory and cut per-batch overhead.
+EVALUATION_BATCH = 256
+
 
 def _tf():
     import tensorflow as tf  # here, not at top: keeps `fer-bench --help` and `compare` fast

@@ -19,9 +19,10 @@ import numpy as np
 
 from fer_bench.config import Experiment, SearchConfig, check_arguments
 from fer_bench.console import ProgressBar, working
-from fer_bench.data import FerData, cache_dir, stratified_indices
+from fer_bench.data.dataset import FerData, stratified_indices
 from fer_bench.errors import ConfigError, FerBenchError, RunError
-from fer_bench.models import FEATURE_LAYER
+from fer_bench.files import atomic_write, cache_dir
+from fer_bench.models.registry import FEATURE_LAYER
 from fer_bench.registry import Registry
 
 # --- classifiers -----------------------------------------------------------------------------
@@ -146,7 +147,7 @@ class FeatureSpec:
 @EXTRACTORS.register("cnn")
 def cnn_features(images: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """The penultimate layer (`features`) of a trained Keras model, in batches."""
-    from fer_bench.models import load_model
+    from fer_bench.models.registry import load_model
 
     if spec._keras_model is None:
         from fer_bench.backends import import_keras
@@ -204,11 +205,9 @@ def cached_features(images: np.ndarray, spec: FeatureSpec, data_fingerprint: str
     features = extract(images, spec)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npy")
-        np.save(tmp, features)
-        tmp.replace(path)
-    except OSError as exc:
-        print(f"warning: could not cache features ({exc.strerror})", file=sys.stderr)
+        atomic_write(path, lambda tmp: np.save(tmp, features))
+    except (OSError, FerBenchError) as exc:
+        print(f"warning: could not cache features ({exc})", file=sys.stderr)
     return features
 
 

@@ -4,8 +4,7 @@ Every model takes the raw data as stored: (48, 48, 1) grey pixels in 0-255, and 
 rescaling, resizing and grey-to-RGB inside, so a saved `model.keras` needs no outside preprocessing.
 Backbones are called as a layer named `backbone`, and every model names its penultimate layer
 `features`. Keras 3's `fit` overrides a `training=False` given when the model is built, so the
-fine-tune phases keep pretrained BatchNorm statistics by freezing those layers (train._set_trainable).
-"""
+fine-tune phases keep pretrained BatchNorm statistics by freezing those layers (training.fit._set_trainable)."""
 
 from __future__ import annotations
 
@@ -19,13 +18,24 @@ from fer_bench.errors import ConfigError, FerBenchError
 from fer_bench.registry import Registry
 
 INPUT_SHAPE = (48, 48, 1)
+
+
 BACKBONE_LAYER = "backbone"
+
+
 FEATURE_LAYER = "features"
+
+
 # Arguments every builder receives from the runner; the rest come from `model.params`.
 COMMON_ARGS = ("num_classes", "input_size", "colour", "weights")
 
+
 MODELS = Registry("model")
+
+
 BACKBONES: set[str] = set()
+
+
 # Checks a builder needs beyond its signature (which gives its parameters' names, types and ranges).
 MODEL_CHECKS: dict[str, Callable[[Experiment], None]] = {}
 
@@ -86,7 +96,7 @@ def load_model(path: Path | str) -> Any:
     from fer_bench.console import native_stderr_filtered
 
     keras = import_keras()  # here, not at top: keeps the CLI fast
-    from fer_bench import layers  # noqa: F401 - registers the custom layers for deserialisation
+    from fer_bench.models import layers  # noqa: F401 - registers the custom layers for deserialisation
 
     path = Path(path)
     if not path.is_file():
@@ -113,9 +123,7 @@ def for_inference(model: Any) -> Any:
     return keras.Model(model.inputs, model.outputs, name=model.name)
 
 
-# --- builders --------------------------------------------------------------------------------
-
-def _classifier_head(x: Any, num_classes: int, dense_units: int, dropout: float) -> Any:
+def classifier_head(x: Any, num_classes: int, dense_units: int, dropout: float) -> Any:
     import keras
 
     x = keras.layers.Dropout(dropout)(x)
@@ -129,54 +137,15 @@ def _classifier_head(x: Any, num_classes: int, dense_units: int, dropout: float)
 
 
 Rate = Annotated[float, Interval(0.0, 1.0, high_open=True)]  # a dropout rate: 1 would drop everything
+
+
 Width = Annotated[int, Interval(1)]
+
+
 Units = Annotated[int, Interval(0)]  # 0 = no hidden dense layer
 
 
-def _check_custom_cnn(exp: Experiment) -> None:
-    """Each block halves the side with max-pooling: past 1 pixel there is nothing left to pool."""
-    blocks = len(exp.model.params.get("filters", model_params("custom_cnn")["filters"]))
-    side = exp.data.input_size
-    if side >> blocks < 1:
-        most = side.bit_length() - 1
-        raise ConfigError(f"model.params.filters: {blocks} blocks halve {side} px to nothing; at most {most} blocks "
-                          f"at data.input_size {side}")
-
-
-@register("custom_cnn", check=_check_custom_cnn)
-def custom_cnn(num_classes: int, input_size: int = 48, colour: str = "grayscale", weights: str | None = None,
-               filters: list[Width] = (32, 64, 128, 256), convs_per_block: Width = 2, batch_norm: bool = True,
-               block_dropout: Rate = 0.25, dense_units: Units = 256, dropout: Rate = 0.5,
-               l2: Annotated[float, Interval(0.0)] = 0.0) -> Any:
-    """VGG-style blocks of 3x3 convolutions, each block ending in max-pooling and dropout."""
-    import keras
-
-    from fer_bench.layers import GreyToRGB
-
-    regulariser = keras.regularizers.L2(l2) if l2 else None
-    inputs = keras.Input(INPUT_SHAPE, name="pixels")
-    x = keras.layers.Rescaling(1.0 / 255)(inputs)
-    if input_size != INPUT_SHAPE[0]:
-        x = keras.layers.Resizing(input_size, input_size)(x)
-    if colour == "rgb":
-        x = GreyToRGB()(x)
-    for width in filters:
-        for _ in range(convs_per_block):
-            x = keras.layers.Conv2D(int(width), 3, padding="same", use_bias=not batch_norm,
-                                    kernel_regularizer=regulariser)(x)
-            if batch_norm:
-                x = keras.layers.BatchNormalization()(x)
-            x = keras.layers.Activation("relu")(x)
-        x = keras.layers.MaxPooling2D()(x)
-        x = keras.layers.Dropout(block_dropout)(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    model = keras.Model(inputs, _classifier_head(x, num_classes, dense_units, dropout), name="custom_cnn")
-    if weights is not None:
-        _load_weights_file(model, weights, "custom_cnn")
-    return model
-
-
-def _load_weights_file(model: Any, path: str, family: str) -> None:
+def load_weights_file(model: Any, path: str, family: str) -> None:
     """Load a weights file, refusing one saved from another architecture.
 
     Keras loads a mismatched file with only a warning, leaving layers at their random start;
@@ -193,64 +162,3 @@ def _load_weights_file(model: Any, path: str, family: str) -> None:
     skipped = [w for w in caught if "skipping" in str(w.message).lower() or "mismatch" in str(w.message).lower()]
     if skipped:
         raise FerBenchError(f"cannot load weights {path} into {family}: the file was saved from another model")
-
-
-def _backbone_model(family: str, application: Callable, num_classes: int, input_size: int,
-                    weights: str | None, dense_units: int, dropout: float, **application_args: Any) -> Any:
-    """ImageNet backbone without its top, behind in-model resize, grey-to-RGB and its own preprocessing."""
-    import keras
-
-    from fer_bench.layers import BackbonePreprocess, GreyToRGB
-
-    # A local file is loaded here, not by keras.applications, so that a mismatch is caught.
-    try:
-        base = application(include_top=False, weights="imagenet" if weights == "imagenet" else None,
-                           input_shape=(input_size, input_size, 3), name=BACKBONE_LAYER, **application_args)
-    except ValueError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - Keras turns a failed download into a bare Exception
-        raise FerBenchError(
-            f"could not download ImageNet weights for {family} ({exc.__class__.__name__}); without a network "
-            "set model.weights to a local 'notop' weights file, or to null to train from scratch"
-        ) from None
-    if weights not in (None, "imagenet"):
-        _load_weights_file(base, weights, family)
-    inputs = keras.Input(INPUT_SHAPE, name="pixels")
-    x = inputs
-    if input_size != INPUT_SHAPE[0]:
-        x = keras.layers.Resizing(input_size, input_size)(x)
-    x = GreyToRGB()(x)
-    x = BackbonePreprocess(family)(x)
-    x = base(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, _classifier_head(x, num_classes, dense_units, dropout), name=family)
-
-
-@register("mobilenetv2", backbone=True)
-def mobilenetv2(num_classes: int, input_size: int = 96, colour: str = "rgb", weights: str | None = "imagenet",
-                alpha: Annotated[float, Interval(0.0, low_open=True)] = 1.0, dense_units: Units = 0,
-                dropout: Rate = 0.3) -> Any:
-    """MobileNetV2 fine-tune; `alpha` scales its width (ImageNet weights exist for 0.35-1.4)."""
-    import keras
-
-    return _backbone_model("mobilenetv2", keras.applications.MobileNetV2, num_classes, input_size, weights,
-                           dense_units, dropout, alpha=alpha)
-
-
-@register("vgg16", backbone=True)
-def vgg16(num_classes: int, input_size: int = 96, colour: str = "rgb", weights: str | None = "imagenet",
-          dense_units: Units = 256, dropout: Rate = 0.5) -> Any:
-    """VGG16 fine-tune."""
-    import keras
-
-    return _backbone_model("vgg16", keras.applications.VGG16, num_classes, input_size, weights, dense_units, dropout)
-
-
-@register("resnet50", backbone=True)
-def resnet50(num_classes: int, input_size: int = 96, colour: str = "rgb", weights: str | None = "imagenet",
-             dense_units: Units = 0, dropout: Rate = 0.3) -> Any:
-    """ResNet50 fine-tune."""
-    import keras
-
-    return _backbone_model("resnet50", keras.applications.ResNet50, num_classes, input_size, weights,
-                           dense_units, dropout)

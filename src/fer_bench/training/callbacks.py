@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ import keras
 import numpy as np
 
 from fer_bench.console import ProgressBar
+from fer_bench.files import atomic_write
 
 
 class BestWeights(keras.callbacks.Callback):
@@ -144,9 +144,7 @@ class Checkpoint(keras.callbacks.Callback):
         return [v for v in self.model.non_trainable_variables if "seed_generator_state" in v.path]
 
     def _write_state(self, state: dict) -> None:
-        tmp = self.directory / (self.STATE + ".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.directory / self.STATE)
+        atomic_write(self.directory / self.STATE, lambda tmp: tmp.write_text(json.dumps(state)))
         keep = {state.get("weights"), state.get("seeds"), state.get("model_weights"), state["best"].get("file"), self.STATE}
         for path in self.directory.iterdir():
             if path.name not in keep:
@@ -157,9 +155,10 @@ class Checkpoint(keras.callbacks.Callback):
         if self.best.best_weights is not None:
             best_file = f"best-{self.best.best_epoch}.npz"
             if not (self.directory / best_file).is_file():
-                np.savez(self.directory / best_file, *self.best.best_weights)
+                atomic_write(self.directory / best_file, lambda tmp: np.savez(tmp, *self.best.best_weights))
         seeds = f"{tag}-seeds.npy"
-        np.save(self.directory / seeds, np.array([np.asarray(v.numpy()) for v in self._seed_variables()]))
+        values = np.array([np.asarray(v.numpy()) for v in self._seed_variables()])
+        atomic_write(self.directory / seeds, lambda tmp: np.save(tmp, values))
         return {"completed": list(self.completed), "history": list(self.history), "seeds": seeds,
                 "seconds": dict(self.seconds),
                 "best": {"value": self.best.best, "epoch": self.best.best_epoch, "file": best_file}}
@@ -168,7 +167,7 @@ class Checkpoint(keras.callbacks.Callback):
         self.directory.mkdir(parents=True, exist_ok=True)
         tag = f"{self.phase}-{epoch + 1}"
         weights = f"{tag}.weights.h5"
-        self.model.save_weights(self.directory / weights)  # model and optimizer
+        atomic_write(self.directory / weights, self.model.save_weights)  # model and optimizer
         self._write_state({
             **self._common_state(tag), "phase": self.phase, "epoch": epoch + 1, "weights": weights,
             "stopped": bool(self.model.stop_training),
@@ -180,7 +179,8 @@ class Checkpoint(keras.callbacks.Callback):
         """Mark this phase done; keep the model's weights (not the optimizer's) for the next one."""
         self.completed.append(self.phase)
         weights = f"{self.phase}-end.npz"
-        np.savez(self.directory / weights, *self.model.get_weights())
+        values = self.model.get_weights()
+        atomic_write(self.directory / weights, lambda tmp: np.savez(tmp, *values))
         self._write_state({**self._common_state(f"{self.phase}-end"), "phase": None, "model_weights": weights})
 
     # -- restoring -----------------------------------------------------------------------------

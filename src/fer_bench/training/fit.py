@@ -1,4 +1,4 @@
-"""Training: runtime set-up (seeds, precision, XLA, distribution), compile, and the one- or two-phase fit."""
+"""Training: compile, and the one- or two-phase fit, checkpointed every epoch."""
 
 from __future__ import annotations
 
@@ -9,58 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from fer_bench.backends import Distribution
-from fer_bench.config import AUTO, Experiment, RuntimeConfig, TrainConfig
-from fer_bench.data import FerData
-from fer_bench.models import BACKBONE_LAYER, build_model, for_inference
-from fer_bench.pipeline import EpochFeed, epoch_class_counts, evaluation_dataset
-
-
-@dataclass
-class Runtime:
-    """What the run actually used, after `auto` was resolved."""
-
-    backend: str
-    devices: list[str]
-    distribution: Distribution
-    mixed_precision: bool
-    jit_compile: bool
-    steps_per_execution: int
-    hardware: dict = field(default_factory=dict)
-
-    @property
-    def accelerated(self) -> bool:
-        return bool(self.hardware.get("accelerators"))
-
-    @property
-    def replicas(self) -> int:
-        return self.distribution.replicas
-
-    def scope(self) -> Any:
-        """Build, compile and fit inside this: it places the model's variables and splits its batches."""
-        return self.distribution.scope()
-
-    def record(self) -> dict:
-        return {"backend": self.backend, "devices": self.devices, "replicas": self.replicas,
-                "mixed_precision": self.mixed_precision, "jit_compile": self.jit_compile,
-                "distribution": self.distribution.kind, "steps_per_execution": self.steps_per_execution,
-                **self.hardware}
-
-    def describe(self) -> str:
-        """One console line: backend, devices and the switches `auto` settled."""
-        names = [a["name"] for a in self.hardware.get("accelerators", [])]
-        where = f"{len(names)} x {names[0]}" if names and len(set(names)) == 1 else ", ".join(names or self.devices)
-        line = (f"runtime: Keras on {self.backend}, {where}, mixed precision {'on' if self.mixed_precision else 'off'}, "
-                f"XLA {'on' if self.jit_compile else 'off'}")
-        if self.replicas > 1:
-            line += f", {self.replicas} replicas ({self.distribution.kind})"
-        if self.steps_per_execution > 1:
-            line += f", {self.steps_per_execution} steps per execution"
-        unused = self.hardware.get("nvidia_smi", [])
-        if unused and not names:
-            line += (f"\nwarning: the driver reports {unused[0]['name']}, but Keras on {self.backend} sees no GPU: "
-                     "see README, 'Installing for a GPU'")
-        return line
+from fer_bench.backends import Runtime
+from fer_bench.config import Experiment, TrainConfig
+from fer_bench.data.dataset import FerData
+from fer_bench.data.pipeline import EVALUATION_BATCH, EpochFeed, epoch_class_counts, evaluation_dataset
+from fer_bench.models.registry import BACKBONE_LAYER, build_model, for_inference
 
 
 @dataclass
@@ -72,41 +25,6 @@ class TrainingResult:
     runtime: dict = field(default_factory=dict)
     global_batch_size: int = 0
     imbalance: dict = field(default_factory=dict)
-
-
-STEPS_PER_EXECUTION_ON_ACCELERATORS = 16
-EVALUATION_BATCH = 256
-
-
-def _resolve_auto(value: bool | str, default: bool) -> bool:
-    return default if value == AUTO else bool(value)
-
-
-def configure_runtime(runtime: RuntimeConfig, seed: int, deterministic: bool) -> Runtime:
-    """Seed everything and pick backend, precision, XLA and distribution from the backend's own devices."""
-    from fer_bench.backends import activate, hardware_record, import_keras
-
-    backend = activate(runtime, deterministic)
-    keras = import_keras()
-
-    backend.start(runtime, deterministic)
-    keras.utils.set_random_seed(seed)
-    hardware = hardware_record(backend)
-    accelerated = bool(hardware["accelerators"])
-    mixed = _resolve_auto(runtime.mixed_precision, accelerated)
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
-    devices = backend.devices()
-    kind = runtime.distribution
-    if kind == AUTO:
-        kind = "mirrored" if len(hardware["accelerators"]) > 1 else "none"
-    steps = runtime.steps_per_execution
-    if steps == AUTO:
-        steps = STEPS_PER_EXECUTION_ON_ACCELERATORS if accelerated else 1
-    distribution = backend.distribute(kind, devices)
-    return Runtime(backend=backend.name, devices=devices[:distribution.replicas],
-                   distribution=distribution, mixed_precision=mixed,
-                   jit_compile=_resolve_auto(runtime.jit_compile, backend.xla_by_default(accelerated)),
-                   steps_per_execution=int(steps), hardware=hardware)
 
 
 OPTIMIZERS = {
@@ -198,8 +116,8 @@ def train_model(exp: Experiment, data: FerData, runtime: Runtime, checkpoint_dir
     """
     import keras
 
-    from fer_bench.callbacks import BatchProgress, BestWeights, Checkpoint, EpochRecorder, FeedEpoch
     from fer_bench.console import terminal
+    from fer_bench.training.callbacks import BatchProgress, BestWeights, Checkpoint, EpochRecorder, FeedEpoch
 
     cfg = exp.train
     num_classes = len(data.classes)
@@ -264,11 +182,3 @@ def train_model(exp: Experiment, data: FerData, runtime: Runtime, checkpoint_dir
     return TrainingResult(model=for_inference(model), history=history, best_epoch=best.best_epoch, phase_seconds=seconds,
                           runtime=runtime.record(), global_batch_size=global_batch,
                           imbalance=imbalance_record(cfg, data.train.labels, data.classes))
-
-
-def predict_probabilities(model: Any, images: np.ndarray, batch_size: int = EVALUATION_BATCH) -> np.ndarray:
-    """Class probabilities (n, k) for uint8 images (n, 48, 48)."""
-    if len(images) == 0:
-        return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
-    dataset = evaluation_dataset(images, None, 0, batch_size)
-    return np.asarray(model.predict(dataset, verbose=0), dtype=np.float32)

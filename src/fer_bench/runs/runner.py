@@ -15,65 +15,16 @@ from typing import Any, TextIO
 
 import numpy as np
 
-
-from fer_bench.artifacts import (METRICS_FILE, RunDirectory, environment_record, now, numbered_siblings,
-                                 write_evaluation)
-from fer_bench.config import Experiment, from_dict, load_config, read_yaml, to_dict
-from fer_bench.data import FerData, data_notices, load_data
-from fer_bench.errors import ConfigError, FerBenchError, RunError
-from fer_bench.evaluate import SplitPredictions, classification_metrics, single_class_warning
-from fer_bench.models import MODELS, check_model_config
+from fer_bench.config import Experiment, from_dict, read_yaml, to_dict
+from fer_bench.data.dataset import FerData, data_notices, load_data
+from fer_bench.errors import FerBenchError, RunError
+from fer_bench.evaluation.metrics import SplitPredictions, classification_metrics, single_class_warning
+from fer_bench.experiment import load_experiment, model_kind
+from fer_bench.files import METRICS_FILE
+from fer_bench.runs.artifacts import RunDirectory, environment_record, now, numbered_siblings, write_evaluation
 
 SPLITS_EVALUATED = ("validation", "test")
 CHECKPOINT_DIR = "checkpoint"  # per-epoch training state, removed once the run has finished
-
-
-def model_kind(name: str) -> str:
-    """'keras' for the deep-model registry, 'features' for the feature classifiers."""
-    from fer_bench.classical import CLASSIFIERS
-
-    if name in MODELS:
-        return "keras"
-    if name in CLASSIFIERS:
-        return "features"
-    raise ConfigError(f"model.name: unknown {name!r}; choose from {sorted(MODELS) + sorted(CLASSIFIERS)}")
-
-
-# Sections a feature classifier does not read itself: `--set train.epochs=2` on a feature config is meant
-# for the CNN that it trains first, so such overrides reach that stage (recorded in features.cnn_overrides).
-FIRST_STAGE_SECTIONS = ("train", "augment", "runtime")
-
-
-def load_experiment(path: Path | str, overrides: list[str] | None = None) -> Experiment:
-    """Load and fully validate an experiment file: schema, then the registries' own checks.
-
-    Everything is checked here, before any run folder exists: a feature config's first-stage CNN too.
-    """
-    from fer_bench.classical import check_feature_config
-    from fer_bench.data import check_data_config
-
-    overrides = list(overrides or [])
-    exp = load_config(path, overrides)
-    check_data_config(exp.data)
-    if model_kind(exp.model.name) == "keras":
-        check_model_config(exp)
-        if exp.features is not None:
-            raise ConfigError(f"features applies to feature classifiers, not to {exp.model.name}; remove it")
-        return exp
-    check_feature_config(exp)
-    features = exp.features
-    if features.extractor == "cnn" and features.from_run is None:
-        forwarded = [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] in FIRST_STAGE_SECTIONS]
-        features = dataclasses.replace(features, cnn_overrides=[*features.cnn_overrides, *forwarded])
-        exp = dataclasses.replace(exp, features=features)
-        try:
-            stage = load_experiment(features.cnn_config, features.cnn_overrides)
-        except ConfigError as exc:
-            raise ConfigError(f"features.cnn_config {features.cnn_config}: {exc}") from None
-        if model_kind(stage.model.name) != "keras":
-            raise ConfigError(f"features.cnn_config {features.cnn_config} must train a deep model; it names "
-                              f"{stage.model.name!r}")
-    return exp
 
 
 def choose_run_directory(results_dir: Path, name: str, explicit_name: bool, restart: bool = False) -> RunDirectory:
@@ -250,9 +201,10 @@ class Trained:
 def _train_keras(exp: Experiment, data: FerData, run: RunDirectory, data_dir: str | Path | None) -> Trained:
     import pandas as pd
 
-    from fer_bench.charts import curves_figure
-    from fer_bench.inference import keras_predictor
-    from fer_bench.train import configure_runtime, train_model
+    from fer_bench.backends import configure_runtime
+    from fer_bench.evaluation.charts import curves_figure
+    from fer_bench.evaluation.predictors import keras_predictor
+    from fer_bench.training.fit import train_model
 
     runtime = configure_runtime(exp.runtime, exp.train.seed, exp.train.deterministic)
     print(runtime.describe(), file=sys.stderr, flush=True)
@@ -291,8 +243,8 @@ def _feature_source(exp: Experiment, run: RunDirectory, data_dir: str | Path | N
 
 
 def _train_features(exp: Experiment, data: FerData, run: RunDirectory, data_dir: str | Path | None) -> Trained:
-    from fer_bench.classical import fit_feature_model
-    from fer_bench.inference import Predictor
+    from fer_bench.evaluation.predictors import Predictor
+    from fer_bench.models.features import fit_feature_model
 
     tick = time.perf_counter()
     source = _feature_source(exp, run, data_dir)
@@ -317,7 +269,7 @@ TRAINERS = {"keras": _train_keras, "features": _train_features}
 
 def _train_and_evaluate(exp: Experiment, run: RunDirectory, data: FerData, data_dir: str | Path | None,
                         started: str, clock: float, resumes: list[str]) -> dict:
-    from fer_bench.inference import predict_with_tta
+    from fer_bench.evaluation.tta import predict_with_tta
 
     seconds: dict[str, float] = {"data": round(time.perf_counter() - clock, 2)}
     trained = TRAINERS[model_kind(exp.model.name)](exp, data, run, data_dir)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_bench.data import IMAGE_SIDE
+from fer_bench import IMAGE_SIDE
 from fer_bench.errors import FerBenchError
 from fer_bench.registry import Registry
 

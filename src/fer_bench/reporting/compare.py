@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fer_bench.artifacts import STATUS_FILE, Run, RunDirectory, read_run
 from fer_bench.config import AugmentConfig
 from fer_bench.errors import RunError
-from fer_bench.evaluate import bootstrap_scores, confidence_interval, holm_adjusted, mcnemar_exact
+from fer_bench.evaluation.metrics import bootstrap_scores, confidence_interval, holm_adjusted, mcnemar_exact
+from fer_bench.files import STATUS_FILE
+from fer_bench.runs.artifacts import Run, RunDirectory, read_run
 
 METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "weighted_f1")
 SORT_KEYS = (*METRICS, "name", "training_seconds", "parameters")
@@ -211,7 +212,7 @@ def markdown_table(table: pd.DataFrame, metric: str) -> str:
 def compare_runs(root: Path, out: Path | None = None, split: str = "test", metric: str = "accuracy",
                  sort: str | None = None) -> dict[str, Any]:
     """Compare every finished run under `root`; write the table, significance and charts into `out`."""
-    from fer_bench import charts
+    from fer_bench.evaluation import charts
 
     runs = find_runs(root)
     out = Path(out) if out is not None else Path(root)

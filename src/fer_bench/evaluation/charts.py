@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from fer_bench.evaluate import row_normalise  # noqa: E402
+from fer_bench.evaluation.metrics import row_normalise  # noqa: E402
 
 
 def confusion_figure(matrix: np.ndarray, classes: Sequence[str], title: str) -> plt.Figure:

@@ -1,0 +1,2 @@
+"""Evaluation: metrics and statistics (`metrics`), figures (`charts`), trained models behind one surface
+(`predictors`) and test-time augmentation (`tta`)."""

@@ -1,0 +1,1 @@
+"""Faces in ordinary photos: detectors and their framing (`detectors`), and `predict` on photo files."""

@@ -1,0 +1,91 @@
+"""A cross-dataset test: a finished run scored on another labelled dataset, written as `<run>/eval/<name>/`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from fer_bench.data.dataset import data_notices, fingerprint_of
+from fer_bench.data.labelled import load_labelled_folder, parse_class_map, scored_folder
+from fer_bench.errors import RunError
+from fer_bench.evaluation.metrics import SplitPredictions, single_class_warning
+from fer_bench.evaluation.predictors import load_predictor
+from fer_bench.evaluation.tta import predict_with_tta
+from fer_bench.files import METRICS_FILE
+from fer_bench.runs.artifacts import RunDirectory, environment_record, now, numbered_siblings, write_evaluation
+
+
+def evaluation_directory(base: Path, name: str | None, default: str, overwrite: bool) -> RunDirectory:
+    """`<base>/<name>/`: an earlier evaluation of that name is kept, never silently replaced.
+
+    A default name that is taken gets a numbered sibling; an explicit one is an error unless `overwrite`.
+    """
+    wanted = RunDirectory(base / (name or default))
+    if overwrite or not wanted.path.exists():
+        return wanted
+    if name is not None:
+        raise RunError(f"{wanted.path} already holds an evaluation; pass --overwrite to replace it, or another --name")
+    return RunDirectory(next(path for path in numbered_siblings(base, default) if not path.exists()))
+
+
+def evaluate_on_dataset(run_path: Path, data_dir: Path, mapping: list[str] | str | None = None, tta: str = "none",
+                        name: str | None = None, overwrite: bool = False,
+                        eval_root: Path | None = None) -> tuple[Path, dict]:
+    """Score a trained run on another class-per-folder dataset; write `<eval_root>/<name>/`.
+
+    `eval_root` defaults to `<run>/eval`; the shipped model, which lives inside the installed
+    package, is evaluated into a folder of the caller's choosing.
+    """
+    run_path = Path(run_path)
+    if not (run_path / METRICS_FILE).is_file():
+        raise RunError(f"{run_path} is not a finished run (no {METRICS_FILE})")
+    # Where it goes is settled first: a name that is taken is refused before any image is read.
+    out = evaluation_directory(Path(eval_root) if eval_root else run_path / "eval", name, Path(data_dir).resolve().name,
+                               overwrite)
+    predictor = load_predictor(run_path)
+    classes = predictor.classes
+    split, ignored, skipped = load_labelled_folder(Path(data_dir), classes, parse_class_map(mapping, classes))
+    scored = scored_folder(Path(data_dir))
+    print(f"scoring the {len(split)} images under {scored}"
+          + (" (its train/ folder is not scored)" if scored != Path(data_dir) else ""), file=sys.stderr)
+    if ignored:
+        print(f"notice: ignored folders the model has no class for: {', '.join(ignored)}", file=sys.stderr)
+    for line in data_notices(skipped):
+        print(line, file=sys.stderr)
+    name = out.path.name
+    if out.path.exists():
+        out.clear()  # --overwrite: nothing of the earlier evaluation stays to be mistaken for this one
+    out.create()
+    out.set_status("running", started=now())
+    predictions = {"test": SplitPredictions(split.names, split.labels, predictor.predict_proba(split.images), None)}
+    metrics = write_evaluation(out, classes, predictions, f"{run_path.name} on {name}")
+    collapsed = single_class_warning(predictions["test"].predicted, classes, "scored")
+    if collapsed:
+        print(collapsed, file=sys.stderr)
+    if tta != "none":
+        tta_probs = predict_with_tta(predictor, split.images, tta)
+        metrics["test_tta"] = {"mode": tta, **_scores(split.labels, tta_probs, classes)}
+    record = {"run": f"{run_path.name} on {name}", "model": _run_model(run_path), "kind": "evaluation",
+              "classes": list(classes), "data_fingerprint": fingerprint_of(split.images, split.labels, np.array(["test"] * len(split)), classes),
+              "dataset": str(data_dir), "scored_folder": str(scored),
+              "ignored_folders": ignored, "skipped": [{"item": i, "reason": r} for i, r in skipped], **metrics}
+    out.write_json("environment.json", {**environment_record(), "finished": now()})
+    out.write_json(METRICS_FILE, record)
+    out.set_status("finished", finished=now())
+    return out.path, record
+
+
+def _scores(labels: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...]) -> dict:
+    from fer_bench.evaluation.metrics import classification_metrics
+
+    return classification_metrics(labels, probabilities.argmax(axis=1), classes)
+
+
+def _run_model(run_path: Path) -> str:
+    try:
+        return json.loads((run_path / METRICS_FILE).read_text()).get("model", "?")
+    except (OSError, ValueError):
+        return "?"
