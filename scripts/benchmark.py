@@ -219,25 +219,22 @@ SPEED_CHILD = r"""
 import json, sys, time
 spec = json.loads(sys.argv[1])
 import numpy as np
-from fer_bench.config import read_config
+from fer_bench.experiment import load_experiment
 from fer_bench.data.dataset import load_data
 from fer_bench.backends import configure_runtime
-from fer_bench.training.fit import compile_for_training
+from fer_bench.training.fit import fit_phase
 from fer_bench.data.pipeline import EVALUATION_BATCH
-exp = read_config(spec["config"], [f"train.batch_size={spec['batch']}", f"train.epochs={spec['epochs']}"])
+exp = load_experiment(spec["config"], [f"train.batch_size={spec['batch']}", f"train.epochs={spec['epochs']}"])
 runtime = configure_runtime(exp.runtime, exp.train.seed, False)  # the runner's own `auto` decisions
 import keras, tensorflow as tf
-from fer_bench.training.callbacks import FeedEpoch
 from fer_bench.models.registry import build_model
 from fer_bench.data.pipeline import EpochFeed, evaluation_dataset
 data = load_data(exp.data, exp.classes, spec["data_dir"], seed=0, progress=False)
 images, labels = data.train.images[: spec["train_images"]], data.train.labels[: spec["train_images"]]
 batch = spec["batch"] * runtime.replicas
 feed = EpochFeed(images, labels, 7, batch, exp.augment, exp.train.seed)
-callbacks = [FeedEpoch(feed)]
-if spec["feed"] == "pipeline":
-    train = feed.dataset
-else:
+train = None  # the real pipeline: the feed's own batches
+if spec["feed"] != "pipeline":
     # The ceiling: the same model and steps, fed one batch held in memory, no input pipeline. Real
     # faces, not noise: a CPU slows down on the tiny numbers that training on noise can produce.
     x = tf.constant(images[:batch].astype(np.float32)[..., None])
@@ -268,10 +265,10 @@ class Clock(keras.callbacks.Callback):
         self.rows.append({"train_seconds": self.trained, "epoch_seconds": time.perf_counter() - self.start,
                           "compile_seconds": sum(compiling), "compilations": len(compiling)})
 
+# Fitted through the trainer's own seam: the same compile and fit as a run, with a clock beside it.
 with runtime.scope():
     model = build_model(exp)
-    compile_for_training(model, exp.train, exp.train.learning_rate, spec["epochs"] * feed.steps, runtime)
-    model.fit(train, validation_data=val, epochs=spec["epochs"], callbacks=[*callbacks, Clock()], verbose=0)
+fit_phase(model, exp.train, runtime, feed, val, exp.train.learning_rate, spec["epochs"], [Clock()], dataset=train)
 print(json.dumps({"images": min(len(images), feed.steps * batch), "validation_images": len(data.validation.images[:limit]),
                   "epochs": Clock.rows, "runtime": runtime.record()}))
 """

@@ -103,6 +103,7 @@ def overlap(a, b):
     return across * down / (a[2] * a[3] + b[2] * b[3] - across * down)
 
 
+@pytest.mark.slow
 def test_an_unknown_detector_is_one_line(trained_runs, tmp_path):
     out = invoke("predict", trained_runs / "custom_cnn", tmp_path, "--detector", "yolo")
     assert out.exit_code == 1 and out.output.strip() == "error: --detector must be one of ['haar', 'mtcnn']; got 'yolo'"

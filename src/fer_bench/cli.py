@@ -102,20 +102,19 @@ def compare(
     sort: Annotated[Optional[str], typer.Option("--sort", help="column to sort by (default: the metric)")] = None,
 ) -> None:
     """Compare finished runs: table, 95% bootstrap intervals, McNemar tests and charts."""
-    from fer_bench.reporting.compare import METRICS, SORT_KEYS, compare_runs
+    from fer_bench.reporting.compare import METRICS, SORT_KEYS, build_comparison, write_comparison
 
     choices = {"--metric": (metric, METRICS), "--split": (split, ("validation", "test")),
                "--sort": (sort or metric, SORT_KEYS)}
     for option, (value, allowed) in choices.items():
         if value not in allowed:
             fail(f"{option} must be one of {list(allowed)}; got {value!r}")
-    result = compare_runs(results, out=out, split=split, metric=metric, sort=sort)
-    typer.echo(result["markdown"])
-    for note in result["notes"]:
-        typer.echo(note)
-    for line in result["significance_text"]:
+    comparison = build_comparison(results, split=split, metric=metric, sort=sort)
+    folder = write_comparison(comparison, out if out is not None else results)
+    typer.echo(comparison.markdown)
+    for line in [*comparison.notes, *comparison.significance_text]:
         typer.echo(line)
-    typer.echo(f"wrote comparison.csv, comparison.md, significance.csv and charts to {result['out']}")
+    typer.echo(f"wrote comparison.csv, comparison.md, significance.csv and charts to {folder}")
 
 
 @app.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,9 @@ def comparison_table(runs: list[Run], split: str, num_resamples: int = 1000) -> 
             "images": scores.get("count", 0),
             "parameters": run.metrics.get("parameters"),
             "training_seconds": run.metrics.get("training_seconds"),
-            "trained_on": "-" if run.metrics.get("kind") == "ensemble" else trained_on(run.environment),
+            # An evaluation's model trained where its run did: environment.json keeps that run's under `trained`.
+            "trained_on": "-" if run.metrics.get("kind") == "ensemble" else trained_on(
+                run.environment.get("trained") or run.environment),
             "epochs": run.metrics.get("epochs_run"),
             "data": "same" if run.metrics.get("data_fingerprint") == reference else "DIFFERENT",
         }
@@ -209,13 +212,32 @@ def markdown_table(table: pd.DataFrame, metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def compare_runs(root: Path, out: Path | None = None, split: str = "test", metric: str = "accuracy",
-                 sort: str | None = None) -> dict[str, Any]:
-    """Compare every finished run under `root`; write the table, significance and charts into `out`."""
+@dataclass
+class Comparison:
+    """Finished runs compared: tables, tests and figures as objects. `compare` writes it; a report can render it."""
+
+    split: str
+    metric: str
+    runs: list[Run]
+    table: pd.DataFrame  # one row per run, in the order shown
+    significance: pd.DataFrame  # every pair tested
+    markdown: str  # the table as the console and comparison.md show it
+    notes: list[str]
+    significance_text: list[str]  # how the tests were made, then the verdicts for neighbouring runs
+    figures: dict[str, Any] = field(default_factory=dict)  # file name -> matplotlib Figure
+
+    def document(self) -> str:
+        """comparison.md: the table, the notes and the significance verdicts."""
+        tests = self.significance_text
+        return (f"# Comparison on the {self.split} split\n\n{self.markdown}\n" + "".join(f"{n}\n" for n in self.notes)
+                + (f"\n## Significance\n\n{tests[0]}\n\n" + "".join(f"- {s}\n" for s in tests[1:]) if tests else ""))
+
+
+def build_comparison(root: Path, split: str = "test", metric: str = "accuracy", sort: str | None = None) -> Comparison:
+    """Compare every finished run under `root` (recursively): nothing is written."""
     from fer_bench.evaluation import charts
 
     runs = find_runs(root)
-    out = Path(out) if out is not None else Path(root)
     table = comparison_table(runs, split)
     sort = sort or metric
     table = table.sort_values(sort, ascending=sort in ("name", "training_seconds", "parameters"), kind="stable")
@@ -224,34 +246,44 @@ def compare_runs(root: Path, out: Path | None = None, split: str = "test", metri
     order = {name: i for i, name in enumerate(table["name"])}
     runs.sort(key=lambda r: order[r.name])
     significance = significance_table(runs, split)
-
-    folder = RunDirectory(out).create()
-    folder.write_table("comparison.csv", table)
-    markdown = markdown_table(table, metric)
     notes = []
     if (table["data"] == "DIFFERENT").any():
         notes.append("Runs marked DIFFERENT were made on other data (their data fingerprint differs); "
                      "their numbers are not comparable with the rest.")
-    tests = significance_text(significance, list(table["name"]))
-    folder.write_text("comparison.md", f"# Comparison on the {split} split\n\n{markdown}\n"
-                      + "".join(f"{n}\n" for n in notes)
-                      + (f"\n## Significance\n\n{tests[0]}\n\n" + "".join(f"- {s}\n" for s in tests[1:])
-                         if tests else ""))
-    folder.write_table("significance.csv", significance)
-    folder.write_figure("comparison.png", charts.comparison_figure(table, split))
     other_data = dict(zip(table["name"], table["data"] == "DIFFERENT"))
-    folder.write_figure("per_class_f1.png", charts.per_class_f1_figure(
-        [r.name for r in runs], [r.metrics.get(split, {}).get("per_class", {}) for r in runs], split,
-        [other_data[r.name] for r in runs]))
-    folder.write_figure("confusion_matrices.png", charts.confusion_grid_figure(
-        [r.name for r in runs], [_confusion(r, split) for r in runs], [r.classes for r in runs], split,
-        [other_data[r.name] for r in runs]))
+    names, other = [r.name for r in runs], [other_data[r.name] for r in runs]
+    figures = {
+        "comparison.png": charts.comparison_figure(table, split),
+        "per_class_f1.png": charts.per_class_f1_figure(
+            names, [r.metrics.get(split, {}).get("per_class", {}) for r in runs], split, other),
+        "confusion_matrices.png": charts.confusion_grid_figure(
+            names, [_confusion(r, split) for r in runs], [r.classes for r in runs], split, other),
+    }
     curves = [r for r in runs if r.history is not None and "val_accuracy" in r.history]
     if curves:
-        folder.write_figure("training_curves.png", charts.validation_curves_figure(
-            [(r.name, r.history) for r in curves], [other_data[r.name] for r in curves]))
-    return {"table": table, "markdown": markdown, "significance": significance, "significance_text": tests,
-            "notes": notes, "out": out}
+        figures["training_curves.png"] = charts.validation_curves_figure(
+            [(r.name, r.history) for r in curves], [other_data[r.name] for r in curves])
+    return Comparison(split, metric, runs, table, significance, markdown_table(table, metric), notes,
+                      significance_text(significance, list(table["name"])), figures)
+
+
+def write_comparison(comparison: Comparison, out: Path) -> Path:
+    """comparison.csv, comparison.md, significance.csv and the figures, into `out` (each file atomically)."""
+    folder = RunDirectory(Path(out)).create()
+    folder.write_table("comparison.csv", comparison.table)
+    folder.write_text("comparison.md", comparison.document())
+    folder.write_table("significance.csv", comparison.significance)
+    for name, figure in comparison.figures.items():
+        folder.write_figure(name, figure)
+    return folder.path
+
+
+def compare_runs(root: Path, out: Path | None = None, split: str = "test", metric: str = "accuracy",
+                 sort: str | None = None) -> Comparison:
+    """Build the comparison of the runs under `root` and write it into `out` (default: `root`)."""
+    comparison = build_comparison(root, split, metric, sort)
+    write_comparison(comparison, Path(out) if out is not None else Path(root))
+    return comparison
 
 
 def _confusion(run: Run, split: str) -> np.ndarray:

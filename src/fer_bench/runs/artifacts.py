@@ -11,6 +11,7 @@ holds is read as `interrupted`, and a second process never writes into a run tha
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -187,6 +188,47 @@ class RunDirectory:
 
     def set_status(self, state: str, **info: Any) -> None:
         self.write_json(STATUS_FILE, {"state": state, "updated": now(), **info})
+
+    @contextlib.contextmanager
+    def lifecycle(self, started: str | None = None, **info: Any) -> Iterator[dict]:
+        """One attempt at writing this folder, the same for a run, an ensemble and an evaluation.
+
+        Holds the lock throughout (taking it here unless this process holds it already) and says
+        `running` while the body writes; then `finished` if the body wrote metrics.json (last),
+        `interrupted` on Ctrl-C (the same command resumes), or `failed` with the error. What the
+        body puts in the yielded dict is recorded with `finished`.
+        """
+        took_lock = self._lock is None
+        if not self.acquire():
+            raise RunError(f"{self.path} is being written by another process (pid {self.holder()}); wait for it, "
+                           "or choose another name")
+        started = started or now()
+        finished: dict[str, Any] = {}
+        try:
+            self.set_status("running", started=started, pid=os.getpid(), **info)
+            try:
+                yield finished
+                if not self.file(METRICS_FILE).is_file():
+                    raise RunError(f"{self.path}: {METRICS_FILE} was not written")
+            except KeyboardInterrupt:
+                self._settle("interrupted", started=started, error="interrupted by Ctrl-C", **info)
+                raise
+            except FerBenchError as exc:
+                self._settle("failed", started=started, error=str(exc), **info)
+                raise
+            except Exception as exc:
+                self._settle("failed", started=started, error=f"{exc.__class__.__name__}: {exc}", **info)
+                raise
+            self.set_status("finished", started=started, finished=now(), **info, **finished)
+        finally:
+            if took_lock:
+                self.release()
+
+    def _settle(self, state: str, **info: Any) -> None:
+        try:
+            self.set_status(state, **info)
+        except FerBenchError:
+            pass  # e.g. the disk is full: the original error is the one to report
 
 
 def package_versions() -> dict[str, str]:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fer_bench.data.dataset import data_notices, fingerprint_of
+from fer_bench.data.dataset import Split, data_notices, fingerprint_of
 from fer_bench.data.labelled import load_labelled_folder, parse_class_map, scored_folder
 from fer_bench.errors import RunError
 from fer_bench.evaluation.metrics import SplitPredictions, single_class_warning
-from fer_bench.evaluation.predictors import load_predictor
+from fer_bench.evaluation.predictors import Predictor, load_predictor
 from fer_bench.evaluation.tta import predict_with_tta
 from fer_bench.files import METRICS_FILE
 from fer_bench.runs.artifacts import RunDirectory, environment_record, now, numbered_siblings, write_evaluation
@@ -56,26 +56,47 @@ def evaluate_on_dataset(run_path: Path, data_dir: Path, mapping: list[str] | str
     for line in data_notices(skipped):
         print(line, file=sys.stderr)
     name = out.path.name
-    if out.path.exists():
+    if not out.acquire():
+        raise RunError(f"{out.path} is being written by another process (pid {out.holder()}); choose another --name")
+    try:
         out.clear()  # --overwrite: nothing of the earlier evaluation stays to be mistaken for this one
-    out.create()
-    out.set_status("running", started=now())
+        with out.lifecycle():
+            record = _score(predictor, split, out, run_path, tta, {
+                "dataset": str(data_dir), "scored_folder": str(scored), "ignored_folders": ignored,
+                "skipped": [{"item": i, "reason": r} for i, r in skipped]})
+    finally:
+        out.release()
+    return out.path, record
+
+
+def _score(predictor: Predictor, split: Split, out: RunDirectory, run_path: Path, tta: str, facts: dict) -> dict:
+    """Predict, score and write the evaluation, metrics.json last; return the metrics record."""
+    classes = predictor.classes
     predictions = {"test": SplitPredictions(split.names, split.labels, predictor.predict_proba(split.images), None)}
-    metrics = write_evaluation(out, classes, predictions, f"{run_path.name} on {name}")
+    metrics = write_evaluation(out, classes, predictions, f"{run_path.name} on {out.path.name}")
     collapsed = single_class_warning(predictions["test"].predicted, classes, "scored")
     if collapsed:
         print(collapsed, file=sys.stderr)
     if tta != "none":
         tta_probs = predict_with_tta(predictor, split.images, tta)
         metrics["test_tta"] = {"mode": tta, **_scores(split.labels, tta_probs, classes)}
-    record = {"run": f"{run_path.name} on {name}", "model": _run_model(run_path), "kind": "evaluation",
-              "classes": list(classes), "data_fingerprint": fingerprint_of(split.images, split.labels, np.array(["test"] * len(split)), classes),
-              "dataset": str(data_dir), "scored_folder": str(scored),
-              "ignored_folders": ignored, "skipped": [{"item": i, "reason": r} for i, r in skipped], **metrics}
-    out.write_json("environment.json", {**environment_record(), "finished": now()})
+    # The fingerprint of the images scored: two evaluations of the same folder are tested against each other.
+    fingerprint = fingerprint_of(split.images, split.labels, np.array(["test"] * len(split)), classes)
+    record = {"run": f"{run_path.name} on {out.path.name}", "model": _run_model(run_path), "kind": "evaluation",
+              "classes": list(classes), "data_fingerprint": fingerprint, **facts, **metrics}
+    # Where the model trained (what compare shows as "trained on") is the evaluated run's; where it was scored, this one.
+    trained = _read_json(run_path / "environment.json")
+    out.write_json("environment.json", {**environment_record(), "finished": now(), "trained": trained})
     out.write_json(METRICS_FILE, record)
-    out.set_status("finished", finished=now())
-    return out.path, record
+    return record
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _scores(labels: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...]) -> dict:

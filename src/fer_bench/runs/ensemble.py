@@ -50,20 +50,19 @@ def ensemble_runs(run_paths: list[Path], name: str, results_dir: Path | None = N
     run = RunDirectory(results_dir / name)
     if run.path.exists():
         raise RunError(f"{run.path} already exists; choose another --name")
-    run.create()
     started = now()
-    run.set_status("running", started=started)
-    member_names = [str(m.path) for m in members]
-    run.write_yaml("config.yaml", {"name": name, "model": {"name": "ensemble", "members": member_names}})
-    metrics = write_evaluation(run, classes, predictions, name)
-    run.write_json("environment.json", {**environment_record(), "started": started, "finished": now()})
-    record = {
-        "run": name, "model": "ensemble", "kind": "ensemble", "members": member_names, "classes": list(classes),
-        "data_fingerprint": first.metrics.get("data_fingerprint"), "protocol": first.metrics.get("protocol"),
-        "parameters": sum(int(m.metrics.get("parameters") or 0) for m in members),
-        "training_seconds": round(sum(float(m.metrics.get("training_seconds") or 0) for m in members), 2),
-        **metrics,
-    }
-    run.write_json(METRICS_FILE, record)
-    run.set_status("finished", started=started, finished=now(), test_accuracy=metrics["test"]["accuracy"])
+    with run.lifecycle(started) as finished:
+        member_names = [str(m.path) for m in members]
+        run.write_yaml("config.yaml", {"name": name, "model": {"name": "ensemble", "members": member_names}})
+        metrics = write_evaluation(run, classes, predictions, name)
+        run.write_json("environment.json", {**environment_record(), "started": started, "finished": now()})
+        record = {
+            "run": name, "model": "ensemble", "kind": "ensemble", "members": member_names, "classes": list(classes),
+            "data_fingerprint": first.metrics.get("data_fingerprint"), "protocol": first.metrics.get("protocol"),
+            "parameters": sum(int(m.metrics.get("parameters") or 0) for m in members),
+            "training_seconds": round(sum(float(m.metrics.get("training_seconds") or 0) for m in members), 2),
+            **metrics,
+        }
+        run.write_json(METRICS_FILE, record)  # last: its presence marks a complete set of artifacts
+        finished["test_accuracy"] = metrics["test"]["accuracy"]
     return run.path, record

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import shutil
 import sys
 import time
@@ -117,19 +116,24 @@ def summary_lines(name: str, exp: Experiment, data: FerData, metrics: dict, best
 
 
 def run_experiment(exp: Experiment, data_dir: str | Path | None = None, results_dir: str | Path = "results",
-                   name: str | None = None, restart: bool = False) -> Path:
-    """Train and evaluate one experiment; return its finished run directory."""
+                   name: str | None = None, restart: bool = False, data: FerData | None = None) -> Path:
+    """Train and evaluate one experiment; return its finished run directory.
+
+    `data`, when given, is the dataset this experiment's data section loads (a feature run hands its
+    own to the CNN it trains first), so it is not loaded twice.
+    """
     from fer_bench.backends import activate
 
     activate(exp.runtime, exp.train.deterministic)  # before Keras starts, and before any folder is made
     run = choose_run_directory(Path(results_dir), name or exp.name or "run", name is not None, restart)
     try:
-        return _run_locked(exp, run, data_dir, restart)
+        return _run_locked(exp, run, data_dir, restart, data)
     finally:
         run.release()
 
 
-def _run_locked(exp: Experiment, run: RunDirectory, data_dir: str | Path | None, restart: bool) -> Path:
+def _run_locked(exp: Experiment, run: RunDirectory, data_dir: str | Path | None, restart: bool,
+                data: FerData | None) -> Path:
     exp = dataclasses.replace(exp, name=run.path.name)
     if not restart and not _same_experiment(run, exp):
         # A checkpoint is training progress that only the same experiment may continue; without one,
@@ -140,7 +144,7 @@ def _run_locked(exp: Experiment, run: RunDirectory, data_dir: str | Path | None,
         restart = True
     clock = time.perf_counter()
     try:
-        data = load_data(exp.data, exp.classes, data_dir, seed=exp.train.seed)
+        data = data or load_data(exp.data, exp.classes, data_dir, seed=exp.train.seed)
     except BaseException:
         if run.made is not None:
             # The folders were made here only to hold the lock: a bad data source leaves no trace behind.
@@ -155,35 +159,16 @@ def _run_locked(exp: Experiment, run: RunDirectory, data_dir: str | Path | None,
     # A resumed run keeps the start of its first attempt, so its dates and durations cover all of it.
     started = previous["started"] if resumed else now()
     resumes = [*previous.get("resumed", []), now()] if resumed else []
-    run.set_status("running", started=started, pid=os.getpid(), **({"resumed": resumes} if resumes else {}))
-    run.write_yaml("config.yaml", to_dict(exp))
-    try:
+    with run.lifecycle(started, **({"resumed": resumes} if resumes else {})) as finished:
+        run.write_yaml("config.yaml", to_dict(exp))
         with _logging_to(run.file("log.txt")):
             print(f"== {exp.name}: {exp.model.name} -> {run.path}", file=sys.stderr, flush=True)
             for line in data_notices(data.skipped, data.resized):
                 print(line, file=sys.stderr, flush=True)
-            metrics = _train_and_evaluate(exp, run, data, data_dir, started, clock, resumes)
-    except KeyboardInterrupt:
-        # Ctrl-C is an interruption like SIGTERM or SIGKILL: the checkpoint stays and the same command resumes.
-        _mark_failed(run, started, "interrupted by Ctrl-C", state="interrupted")
-        raise
-    except FerBenchError as exc:
-        _mark_failed(run, started, str(exc))
-        raise
-    except Exception as exc:
-        _mark_failed(run, started, f"{exc.__class__.__name__}: {exc}")
-        raise
-    run.set_status("finished", started=started, finished=now(), test_accuracy=metrics["test"]["accuracy"],
-                   **({"resumed": resumes} if resumes else {}))
+            metrics = _train_and_evaluate(exp, run, data, started, clock, resumes)
+        finished["test_accuracy"] = metrics["test"]["accuracy"]
     shutil.rmtree(run.file(CHECKPOINT_DIR), ignore_errors=True)
     return run.path
-
-
-def _mark_failed(run: RunDirectory, started: str, error: str, state: str = "failed") -> None:
-    try:
-        run.set_status(state, started=started, error=error)
-    except FerBenchError:
-        pass  # e.g. the disk is full: the original error is the one to report
 
 
 @dataclass
@@ -198,7 +183,7 @@ class Trained:
     probabilities: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _train_keras(exp: Experiment, data: FerData, run: RunDirectory, data_dir: str | Path | None) -> Trained:
+def _train_keras(exp: Experiment, data: FerData, run: RunDirectory) -> Trained:
     import pandas as pd
 
     from fer_bench.backends import configure_runtime
@@ -224,7 +209,7 @@ def _train_keras(exp: Experiment, data: FerData, run: RunDirectory, data_dir: st
     )
 
 
-def _feature_source(exp: Experiment, run: RunDirectory, data_dir: str | Path | None) -> Path | None:
+def _feature_source(exp: Experiment, run: RunDirectory, data: FerData) -> Path | None:
     """The model.keras the cnn extractor reads: a finished run's, or one trained here first."""
     features = exp.features
     if features.extractor != "cnn":
@@ -239,15 +224,15 @@ def _feature_source(exp: Experiment, run: RunDirectory, data_dir: str | Path | N
     stage = dataclasses.replace(stage, data=exp.data, train=dataclasses.replace(stage.train, seed=exp.train.seed))
     given = "".join(f" --set {o}" for o in features.cnn_overrides)
     print(f"== first stage: training {features.cnn_config}{given} for its features", file=sys.stderr, flush=True)
-    return run_experiment(stage, data_dir=data_dir, results_dir=run.path, name="cnn") / "model.keras"
+    return run_experiment(stage, results_dir=run.path, name="cnn", data=data) / "model.keras"
 
 
-def _train_features(exp: Experiment, data: FerData, run: RunDirectory, data_dir: str | Path | None) -> Trained:
+def _train_features(exp: Experiment, data: FerData, run: RunDirectory) -> Trained:
     from fer_bench.evaluation.predictors import Predictor
     from fer_bench.models.features import fit_feature_model
 
     tick = time.perf_counter()
-    source = _feature_source(exp, run, data_dir)
+    source = _feature_source(exp, run, data)
     stage_seconds = round(time.perf_counter() - tick, 2)
     fit = fit_feature_model(exp, data, source)
     run.save_joblib(fit.model)
@@ -267,12 +252,12 @@ def _train_features(exp: Experiment, data: FerData, run: RunDirectory, data_dir:
 TRAINERS = {"keras": _train_keras, "features": _train_features}
 
 
-def _train_and_evaluate(exp: Experiment, run: RunDirectory, data: FerData, data_dir: str | Path | None,
+def _train_and_evaluate(exp: Experiment, run: RunDirectory, data: FerData,
                         started: str, clock: float, resumes: list[str]) -> dict:
     from fer_bench.evaluation.tta import predict_with_tta
 
     seconds: dict[str, float] = {"data": round(time.perf_counter() - clock, 2)}
-    trained = TRAINERS[model_kind(exp.model.name)](exp, data, run, data_dir)
+    trained = TRAINERS[model_kind(exp.model.name)](exp, data, run)
     seconds.update(trained.seconds)
 
     tick = time.perf_counter()

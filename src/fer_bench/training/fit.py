@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,16 +109,80 @@ def _set_trainable(model: Any, phase: str, unfreeze_top: int) -> None:
             layer.trainable = index >= cut and not isinstance(layer, keras.layers.BatchNormalization)
 
 
-def train_model(exp: Experiment, data: FerData, runtime: Runtime, checkpoint_dir: Path | None = None) -> TrainingResult:
+@dataclass
+class _Progress:
+    """What training has done so far: restored from a checkpoint, or empty for a fresh run."""
+
+    best: Any  # callbacks.BestWeights
+    history: list[dict] = field(default_factory=list)
+    completed: list[str] = field(default_factory=list)  # phases that finished
+    seconds: dict[str, float] = field(default_factory=dict)  # training seconds per phase, before interruptions too
+    state: dict | None = None  # the checkpoint's state.json, until its phase resumes
+
+
+def _restore(model: Any, checkpoint_dir: Path | None) -> _Progress:
+    """History, best model, dropout seeds and finished phases from the last checkpoint, if there is one."""
+    from fer_bench.training.callbacks import BestWeights, Checkpoint
+
+    state = Checkpoint.read(checkpoint_dir) if checkpoint_dir is not None else None
+    progress = _Progress(best=BestWeights())
+    if state is None:
+        return progress
+    progress.completed = list(state["completed"])
+    progress.seconds = dict(state.get("seconds", {}))
+    progress.state = state
+    restorer = Checkpoint(checkpoint_dir, "", progress.history, progress.best, [], progress.completed)
+    restorer.set_model(model)
+    restorer.restore_shared(state)
+    if state["phase"] is None:
+        restorer.restore_model_weights(state)  # the last phase that finished
+    return progress
+
+
+def _stateful_callbacks(cfg: TrainConfig, learning_rate: float) -> list[Any]:
+    """Early stopping and the plateau schedule: callbacks whose counters a checkpoint must keep."""
+    import keras
+
+    stateful: list[Any] = []
+    if cfg.early_stopping_patience:
+        stateful.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.early_stopping_patience))
+    if cfg.schedule == "plateau":
+        stateful.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
+            min_lr=learning_rate * 1e-3, verbose=0))
+    return stateful
+
+
+def fit_phase(model: Any, cfg: TrainConfig, runtime: Runtime, feed: EpochFeed, validation: Any, learning_rate: float,
+              epochs: int, callbacks: Sequence[Any], initial_epoch: int = 0, last_epoch: int | None = None,
+              dataset: Any = None) -> float:
+    """Compile for one phase and fit it; return its seconds. The benchmark times training through this too.
+
+    `feed` gives each epoch its batches (`dataset` replaces them, for a synthetic ceiling); the
+    learning-rate schedule spans the phase's `epochs`, fitted from `initial_epoch` to `last_epoch`.
+    """
+    from fer_bench.training.callbacks import FeedEpoch
+
+    start = time.perf_counter()
+    with runtime.scope():
+        compile_for_training(model, cfg, learning_rate, epochs * feed.steps, runtime)
+        model.fit(feed.dataset if dataset is None else dataset, validation_data=validation, initial_epoch=initial_epoch,
+                  epochs=initial_epoch + epochs if last_epoch is None else last_epoch,
+                  callbacks=[FeedEpoch(feed), *callbacks], shuffle=False, verbose=0)
+    return time.perf_counter() - start
+
+
+def train_model(exp: Experiment, data: FerData, runtime: Runtime, checkpoint_dir: Path | None = None,
+                callbacks: Sequence[Any] = ()) -> TrainingResult:
     """Build, compile and fit the configured model; return it, uncompiled, with the best validation weights.
 
     With `checkpoint_dir`, every epoch is checkpointed there and a later call with the same
     arguments continues from the last completed epoch, ending exactly as an uninterrupted run.
+    `callbacks` are more Keras callbacks for every phase (a tracker, TensorBoard): they run after
+    fer-bench's own and before the checkpoint, which saves what the others have updated.
     """
-    import keras
-
     from fer_bench.console import terminal
-    from fer_bench.training.callbacks import BatchProgress, BestWeights, Checkpoint, EpochRecorder, FeedEpoch
+    from fer_bench.training.callbacks import BatchProgress, Checkpoint, EpochRecorder
 
     cfg = exp.train
     num_classes = len(data.classes)
@@ -127,58 +192,37 @@ def train_model(exp: Experiment, data: FerData, runtime: Runtime, checkpoint_dir
     # Evaluation holds no gradients: bigger batches cost little memory and cut per-batch overhead.
     val_ds = evaluation_dataset(data.validation.images, data.validation.labels, num_classes,
                                 max(global_batch, EVALUATION_BATCH))
-
     with runtime.scope():
         model = build_model(exp)
-    history: list[dict] = []
-    best = BestWeights()
-    state = Checkpoint.read(checkpoint_dir) if checkpoint_dir is not None else None
-    completed: list[str] = list(state["completed"]) if state else []
-    # Training time spent before an interruption counts: a resumed run reports all of it.
-    seconds: dict[str, float] = dict(state.get("seconds", {})) if state else {}
-    if state is not None:
-        # Resuming: history, best model and dropout seeds come back whatever phase we stopped in.
-        restorer = Checkpoint(checkpoint_dir, "", history, best, [], completed)
-        restorer.set_model(model)
-        restorer.restore_shared(state)
-        if state["phase"] is None:
-            restorer.restore_model_weights(state)  # the last phase that finished
+    progress = _restore(model, checkpoint_dir)
     for phase, epochs, learning_rate in _phases(exp):
-        if phase in completed:
+        if phase in progress.completed:
             continue
         _set_trainable(model, phase, exp.model.fine_tune.unfreeze_top if exp.model.fine_tune else 0)
-        phase_start = sum(row["phase"] != phase for row in history)
+        phase_start = sum(row["phase"] != phase for row in progress.history)
+        state, progress.state = progress.state, None
         resuming = state is not None and state["phase"] == phase
         seconds_before = float(state.get("elapsed", 0.0)) if resuming else 0.0
         # A phase that early stopping had ended runs no further epoch.
         phase_end = state["epoch"] if resuming and state["stopped"] else phase_start + epochs
-        state = None
-        stateful = []
-        if cfg.early_stopping_patience:
-            stateful.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.early_stopping_patience))
-        if cfg.schedule == "plateau":
-            stateful.append(keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
-                min_lr=learning_rate * 1e-3, verbose=0))
+        stateful = _stateful_callbacks(cfg, learning_rate)
         feed = EpochFeed(data.train.images, data.train.labels, num_classes, global_batch, exp.augment, cfg.seed,
                          sample_weights, cfg.sampling)
-        steps_per_epoch = feed.steps
         # The live bar only where someone watches: per-batch callbacks cost a little speed.
-        progress = [BatchProgress(phase, steps_per_epoch, phase_end)] if terminal() else []
-        callbacks: list[Any] = [FeedEpoch(feed), best, *progress, EpochRecorder(phase, history), *stateful]
+        live = [BatchProgress(phase, feed.steps, phase_end)] if terminal() else []
+        phase_callbacks: list[Any] = [progress.best, *live, EpochRecorder(phase, progress.history), *stateful,
+                                      *callbacks]
         checkpoint = None
         if checkpoint_dir is not None:
-            checkpoint = Checkpoint(checkpoint_dir, phase, history, best, stateful, completed, seconds, seconds_before)
-            callbacks.append(checkpoint)  # last: it saves what the others have just updated
-        start = time.perf_counter()
-        with runtime.scope():
-            compile_for_training(model, cfg, learning_rate, epochs * steps_per_epoch, runtime)
-            model.fit(feed.dataset, validation_data=val_ds, initial_epoch=phase_start, epochs=phase_end,
-                      callbacks=callbacks, shuffle=False, verbose=0)
-        seconds[phase] = round(seconds_before + time.perf_counter() - start, 2)
+            checkpoint = Checkpoint(checkpoint_dir, phase, progress.history, progress.best, stateful,
+                                    progress.completed, progress.seconds, seconds_before)
+            phase_callbacks.append(checkpoint)  # last: it saves what the others have just updated
+        seconds = fit_phase(model, cfg, runtime, feed, val_ds, learning_rate, epochs, phase_callbacks,
+                            initial_epoch=phase_start, last_epoch=phase_end)
+        progress.seconds[phase] = round(seconds_before + seconds, 2)
         if checkpoint is not None:
             checkpoint.complete_phase()
-    best.restore(model)
-    return TrainingResult(model=for_inference(model), history=history, best_epoch=best.best_epoch, phase_seconds=seconds,
-                          runtime=runtime.record(), global_batch_size=global_batch,
+    progress.best.restore(model)
+    return TrainingResult(model=for_inference(model), history=progress.history, best_epoch=progress.best.best_epoch,
+                          phase_seconds=progress.seconds, runtime=runtime.record(), global_batch_size=global_batch,
                           imbalance=imbalance_record(cfg, data.train.labels, data.classes))
