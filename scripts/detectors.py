@@ -71,7 +71,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from fer_bench.backends import import_keras
-    from fer_bench.photos.detectors import DETECTORS, FRAMING, Framing, crop_face
+    from fer_bench.photos.detectors import DETECTORS, Framing, crop_face, framing
 
     import_keras()
     faces, labels, names = sample(args.data_dir, args.per_class, args.seed)
@@ -105,10 +105,10 @@ def main() -> None:
         entry = {"found": len(hits), "found_share": len(hits) / len(found),
                  "found_per_class": {int(k): int(sum(found[i] for i in np.flatnonzero(labels == k))) for k in np.unique(labels)},
                  "seconds_per_photo": round(float(np.median(seconds)), 4),
-                 "framing": measured.__dict__, "framing_in_use": FRAMING[name].__dict__}
+                 "framing": measured.__dict__, "framing_in_use": framing(name).__dict__}
         if predictor is not None and hits:
             grey = [np.asarray(photos[i][0].mean(axis=2).round().astype(np.uint8)) for i in hits]
-            FRAMING[name] = measured  # score the crop this run measured
+            DETECTORS.facts[name]["framing"] = measured  # score the crop this run measured
             framed = np.stack([crop_face(g, boxes[i], name) for g, i in zip(grey, hits)])
             raw = np.stack([crop_face(g, boxes[i], None) for g, i in zip(grey, hits)])
             truth = labels[hits]

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from fer_bench.evaluation.predictors import SHIPPED_MODEL
-from fer_bench.models.registry import load_model
+from fer_bench.models.saved import load_model
 
 PROVENANCE = ("metrics.json", "config.yaml", "environment.json")
 

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO, make_fer_folder
 from typer.testing import CliRunner
 
 from fer_bench.cli import app
@@ -15,7 +16,6 @@ from fer_bench.errors import ConfigError
 from fer_bench.experiment import load_experiment
 from fer_bench.files import temporary_name
 from fer_bench.runs.artifacts import RunDirectory
-from conftest import REPO, make_fer_folder
 
 runner = CliRunner()
 CLASSES = ["happy", "sad"]

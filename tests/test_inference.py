@@ -74,7 +74,7 @@ def test_predict_needs_class_names_for_a_bare_model(trained_runs, tmp_path):
 @pytest.mark.skipif(not (REAL_DATA / "test").is_dir(), reason="needs ../shared/fer2013 for a real face")
 @pytest.mark.parametrize("detector", ["mtcnn", "haar"])
 def test_predict_finds_a_face_in_a_larger_photo_and_crops_it_as_in_training(trained_runs, tmp_path, detector):
-    from fer_bench.photos.detectors import FRAMING, faces_in, load_detector
+    from fer_bench.photos.detectors import faces_in, framing, load_detector
 
     stored = Image.open(REAL_DATA / "test" / "happy" / "PrivateTest_10077120.jpg").convert("L")
     photo = Image.new("RGB", (480, 360), (128, 128, 128))
@@ -91,7 +91,7 @@ def test_predict_finds_a_face_in_a_larger_photo_and_crops_it_as_in_training(trai
     # framed like FER-2013: the crop covers the pasted face square closely, more closely than the raw box
     boxes, crops = faces_in(np.asarray(photo), load_detector(detector), detector)
     assert crops.shape == (1, 48, 48) and crops.dtype == np.uint8
-    left, top, side = FRAMING[detector].square(boxes[0])
+    left, top, side = framing(detector).square(boxes[0])
     framed = overlap((left, top, side, side), (140, 80, 192, 192))
     assert framed > 0.8 and framed >= overlap(boxes[0], (140, 80, 192, 192)), framed
 
@@ -118,10 +118,10 @@ def test_a_crop_reaching_past_the_border_is_padded():
 
 
 def test_the_framing_in_use_is_the_committed_measurement():
-    from fer_bench.photos.detectors import FRAMING
+    from fer_bench.photos.detectors import DETECTORS, framing
 
     measured = json.loads((REPO / "results" / "benchmark" / "detectors.json").read_text())["detectors"]
-    assert {name: framing.__dict__ for name, framing in FRAMING.items()} == {
+    assert {name: framing(name).__dict__ for name in DETECTORS} == {
         name: entry["framing"] for name, entry in measured.items()}
 
 

@@ -3,11 +3,12 @@ import pytest
 
 from fer_bench.config import from_dict
 from fer_bench.errors import FerBenchError
-from fer_bench.models.registry import BACKBONES, FEATURE_LAYER, MODELS, build_model, load_model
+from fer_bench.models.registry import FEATURE_LAYER, MODELS, build_model, is_backbone
+from fer_bench.models.saved import load_model
 
 
 def experiment(name, **model):
-    backbone = name in BACKBONES
+    backbone = is_backbone(name)
     data = {"input_size": 32 if backbone else 48, "colour": "rgb" if backbone else "grayscale"}
     return from_dict({"data": {**data, "classes": ["angry", "happy", "sad"]},
                       "model": {"name": name, "weights": None, **model}})

@@ -219,14 +219,14 @@ def ensemble(
 def models() -> None:
     """List what `model.name` can be: deep models, and classifiers on features (with `features.extractor`)."""
     from fer_bench.models.features import CLASSIFIERS, EXTRACTORS, classifier_params
-    from fer_bench.models.registry import BACKBONES, MODELS, model_params
+    from fer_bench.models.registry import MODELS, is_backbone, model_params
 
     def show(name: str, kind: str, params: dict) -> None:
         typer.echo(f"{name:<20} {kind:<24} {', '.join(f'{k}={v!r}' for k, v in params.items())}")
 
     typer.echo("deep models (Keras):")
     for name in sorted(MODELS):
-        show(name, "ImageNet backbone" if name in BACKBONES else "trained from scratch", model_params(name))
+        show(name, "ImageNet backbone" if is_backbone(name) else "trained from scratch", model_params(name))
     typer.echo(f"classifiers on features (features.extractor: {' | '.join(EXTRACTORS)}):")
     for name in sorted(CLASSIFIERS):
         show(name, "scikit-learn", classifier_params(name))

@@ -17,8 +17,6 @@ from fer_bench.errors import FerBenchError
 from fer_bench.files import atomic_write, cache_dir
 
 CACHE_VERSION = 2  # 2: EXIF orientation applied, 16-bit grey scaled instead of clipped
-
-
 WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # Pillow's modes for 16- and 32-bit grey pixels
 
 

@@ -14,8 +14,6 @@ from fer_bench.errors import DataError
 from fer_bench.registry import Registry
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
 # The file-name prefix (image folders) or Usage value (CSV) that marks each official split.
 OFFICIAL_SPLITS = {"Training": "train", "PublicTest": "validation", "PrivateTest": "test"}
 

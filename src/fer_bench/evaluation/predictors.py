@@ -37,7 +37,7 @@ def keras_predictor(model: Any, classes: tuple[str, ...], source: str = "in memo
 
 
 def _load_keras(path: Path, classes: tuple[str, ...] | None) -> Predictor:
-    from fer_bench.models.registry import load_model
+    from fer_bench.models.saved import load_model
 
     model = load_model(path)
     outputs = int(model.output_shape[-1])

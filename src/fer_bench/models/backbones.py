@@ -41,8 +41,8 @@ def _backbone_model(family: str, application: Callable, num_classes: int, input_
     return keras.Model(inputs, classifier_head(x, num_classes, dense_units, dropout), name=family)
 
 
-@register("mobilenetv2", backbone=True)
-def mobilenetv2(num_classes: int, input_size: int = 96, colour: str = "rgb", weights: str | None = "imagenet",
+@register("mobilenetv2", preprocess="mobilenet_v2")
+def mobilenetv2(num_classes: int, input_size: int, colour: str, weights: str | None,
                 alpha: Annotated[float, Interval(0.0, low_open=True)] = 1.0, dense_units: Units = 0,
                 dropout: Rate = 0.3) -> Any:
     """MobileNetV2 fine-tune; `alpha` scales its width (ImageNet weights exist for 0.35-1.4)."""
@@ -52,8 +52,8 @@ def mobilenetv2(num_classes: int, input_size: int = 96, colour: str = "rgb", wei
                            dense_units, dropout, alpha=alpha)
 
 
-@register("vgg16", backbone=True)
-def vgg16(num_classes: int, input_size: int = 96, colour: str = "rgb", weights: str | None = "imagenet",
+@register("vgg16", preprocess="vgg16")
+def vgg16(num_classes: int, input_size: int, colour: str, weights: str | None,
           dense_units: Units = 256, dropout: Rate = 0.5) -> Any:
     """VGG16 fine-tune."""
     import keras
@@ -61,8 +61,8 @@ def vgg16(num_classes: int, input_size: int = 96, colour: str = "rgb", weights: 
     return _backbone_model("vgg16", keras.applications.VGG16, num_classes, input_size, weights, dense_units, dropout)
 
 
-@register("resnet50", backbone=True)
-def resnet50(num_classes: int, input_size: int = 96, colour: str = "rgb", weights: str | None = "imagenet",
+@register("resnet50", preprocess="resnet50")
+def resnet50(num_classes: int, input_size: int, colour: str, weights: str | None,
              dense_units: Units = 0, dropout: Rate = 0.3) -> Any:
     """ResNet50 fine-tune."""
     import keras

@@ -20,7 +20,7 @@ def _check_custom_cnn(exp: Experiment) -> None:
 
 
 @register("custom_cnn", check=_check_custom_cnn)
-def custom_cnn(num_classes: int, input_size: int = 48, colour: str = "grayscale", weights: str | None = None,
+def custom_cnn(num_classes: int, input_size: int, colour: str, weights: str | None,
                filters: list[Width] = (32, 64, 128, 256), convs_per_block: Width = 2, batch_norm: bool = True,
                block_dropout: Rate = 0.25, dense_units: Units = 256, dropout: Rate = 0.5,
                l2: Annotated[float, Interval(0.0)] = 0.0) -> Any:

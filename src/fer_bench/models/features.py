@@ -147,7 +147,7 @@ class FeatureSpec:
 @EXTRACTORS.register("cnn")
 def cnn_features(images: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """The penultimate layer (`features`) of a trained Keras model, in batches."""
-    from fer_bench.models.registry import load_model
+    from fer_bench.models.saved import load_model
 
     if spec._keras_model is None:
         from fer_bench.backends import import_keras

@@ -1,8 +1,8 @@
 """Preprocessing layers saved inside `model.keras`, so a saved model takes raw 48x48 grey pixels (0-255).
 
 Registered with Keras' serialisation so `keras.saving.load_model(..., safe_mode=True)` can rebuild
-them without Lambda layers (which safe mode refuses). Imports Keras at the top: only `models.py`
-imports this module, and only inside the functions that build or load a model.
+them without Lambda layers (which safe mode refuses). Imports Keras at the top: only the model
+registry and builders import this module, and only inside the functions that build or load a model.
 """
 
 from __future__ import annotations
@@ -10,12 +10,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-# Each backbone's own `preprocess_input`, by registry name of the model family.
-PREPROCESSORS = {
-    "mobilenetv2": keras.applications.mobilenet_v2.preprocess_input,
-    "vgg16": keras.applications.vgg16.preprocess_input,
-    "resnet50": keras.applications.resnet50.preprocess_input,
-}
+from fer_bench.models.registry import backbone_preprocessor
 
 
 @keras.saving.register_keras_serializable(package="fer_bench")
@@ -35,12 +30,11 @@ class BackbonePreprocess(keras.layers.Layer):
 
     def __init__(self, family: str, **kwargs):
         super().__init__(**kwargs)
-        if family not in PREPROCESSORS:
-            raise ValueError(f"unknown backbone family {family!r}; choose from {sorted(PREPROCESSORS)}")
+        self.preprocess = backbone_preprocessor(family)  # the model's registry entry names it
         self.family = family
 
     def call(self, inputs):
-        return PREPROCESSORS[self.family](inputs)
+        return self.preprocess(inputs)
 
     def get_config(self):
         return {**super().get_config(), "family": self.family}

@@ -18,35 +18,35 @@ from fer_bench.errors import ConfigError, FerBenchError
 from fer_bench.registry import Registry
 
 INPUT_SHAPE = (48, 48, 1)
-
-
 BACKBONE_LAYER = "backbone"
-
-
 FEATURE_LAYER = "features"
-
-
 # Arguments every builder receives from the runner; the rest come from `model.params`.
-COMMON_ARGS = ("num_classes", "input_size", "colour", "weights")
-
-
+COMMON_ARGS = ("num_classes", "input_size", "colour", "weights")  # always given: no builder has defaults for them
 MODELS = Registry("model")
 
 
-BACKBONES: set[str] = set()
+def register(name: str, preprocess: str | None = None, check: Callable[[Experiment], None] | None = None) -> Callable:
+    """Add a model builder to MODELS, with its facts.
+
+    `preprocess` marks an ImageNet backbone (two-phase fine-tune, RGB input) and names the
+    `keras.applications` module whose `preprocess_input` its inputs go through; `check` is what the
+    builder needs checked beyond its signature (which gives its parameters' names, types and ranges).
+    """
+    return MODELS.register(name, preprocess=preprocess, check=check)
 
 
-# Checks a builder needs beyond its signature (which gives its parameters' names, types and ranges).
-MODEL_CHECKS: dict[str, Callable[[Experiment], None]] = {}
+def is_backbone(name: str) -> bool:
+    return MODELS.fact(name, "preprocess") is not None
 
 
-def register(name: str, backbone: bool = False, check: Callable[[Experiment], None] | None = None) -> Callable:
-    """Add a model builder to MODELS; `backbone` marks an ImageNet backbone (two-phase fine-tune)."""
-    if backbone:
-        BACKBONES.add(name)
-    if check is not None:
-        MODEL_CHECKS[name] = check
-    return MODELS.register(name)
+def backbone_preprocessor(name: str) -> Callable:
+    """The backbone's own `preprocess_input`, from the module its registry entry names."""
+    import importlib
+
+    module = MODELS.fact(name, "preprocess")
+    if module is None:
+        raise ValueError(f"unknown backbone family {name!r}; choose from {MODELS.having('preprocess')}")
+    return importlib.import_module(f"keras.applications.{module}").preprocess_input
 
 
 def model_params(name: str) -> dict[str, Any]:
@@ -65,16 +65,18 @@ def check_model_config(exp: Experiment) -> None:
     if unknown:
         raise ConfigError(f"unknown key 'model.params.{unknown[0]}' for {cfg.name}; allowed: {sorted(allowed)}")
     check_arguments("model.params", MODELS[cfg.name], cfg.params, COMMON_ARGS)
-    if cfg.name in MODEL_CHECKS:
-        MODEL_CHECKS[cfg.name](exp)
-    if cfg.name in BACKBONES:
+    check = MODELS.fact(cfg.name, "check")
+    if check is not None:
+        check(exp)
+    if is_backbone(cfg.name):
         if exp.data.colour != "rgb":
             raise ConfigError(f"data.colour must be 'rgb' for {cfg.name} (an ImageNet backbone); got {exp.data.colour!r}")
     else:
         if cfg.weights == "imagenet":
             raise ConfigError(f"model.weights: {cfg.name} has no ImageNet weights; use null or a weights file")
         if cfg.fine_tune is not None:
-            raise ConfigError(f"model.fine_tune applies to backbones {sorted(BACKBONES)}, not {cfg.name}; set it to null")
+            raise ConfigError(f"model.fine_tune applies to backbones {MODELS.having('preprocess')}, not {cfg.name}; "
+                              "set it to null")
     if cfg.weights not in (None, "imagenet") and not Path(cfg.weights).is_file():
         raise ConfigError(f"model.weights: file not found: {cfg.weights} (use imagenet, null or a weights file)")
 
@@ -88,39 +90,6 @@ def build_model(exp: Experiment) -> Any:
                        weights=exp.model.weights, **exp.model.params)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model.params for {exp.model.name}: {str(exc).splitlines()[0]}") from None
-
-
-def load_model(path: Path | str) -> Any:
-    """Load a saved `model.keras` in Keras' safe mode (no arbitrary code), with a one-line error on failure."""
-    from fer_bench.backends import import_keras
-    from fer_bench.console import native_stderr_filtered
-
-    keras = import_keras()  # here, not at top: keeps the CLI fast
-    from fer_bench.models import layers  # noqa: F401 - registers the custom layers for deserialisation
-
-    path = Path(path)
-    if not path.is_file():
-        raise FerBenchError(f"model file not found: {path}")
-    try:
-        # compile=False: inference needs no optimizer. Files written before runs were saved without one
-        # still hold it, and restoring it under another precision policy only warns about skipped variables.
-        # TensorFlow prints its banner when its devices start, which may be here rather than at import.
-        with native_stderr_filtered():
-            return keras.saving.load_model(path, safe_mode=True, compile=False)
-    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
-        raise FerBenchError(f"cannot load {path} as a Keras model ({exc.__class__.__name__})") from None
-
-
-def for_inference(model: Any) -> Any:
-    """The trained network as a new, uncompiled model over the same layers (nothing is copied).
-
-    What a run keeps and predicts with needs no optimizer: saved with it, Adam's two moments would make
-    `model.keras` three times the size of the weights, and a file written under mixed precision would
-    warn about optimizer variables it skips wherever it is loaded in float32.
-    """
-    import keras
-
-    return keras.Model(model.inputs, model.outputs, name=model.name)
 
 
 def classifier_head(x: Any, num_classes: int, dense_units: int, dropout: float) -> Any:
@@ -137,11 +106,7 @@ def classifier_head(x: Any, num_classes: int, dense_units: int, dropout: float) 
 
 
 Rate = Annotated[float, Interval(0.0, 1.0, high_open=True)]  # a dropout rate: 1 would drop everything
-
-
 Width = Annotated[int, Interval(1)]
-
-
 Units = Annotated[int, Interval(0)]  # 0 = no hidden dense layer
 
 

@@ -42,12 +42,15 @@ class Framing:
 
 
 DETECTORS = Registry("face detector")  # name -> loader() -> detect(rgb) -> list[Box]
-FRAMING: dict[str, Framing] = {}
 
 
 def register(name: str, framing: Framing) -> Callable:
-    FRAMING[name] = framing
-    return DETECTORS.register(name)
+    """Add a detector with its framing: the square crop of its box that looks like a FER-2013 face."""
+    return DETECTORS.register(name, framing=framing)
+
+
+def framing(detector: str) -> Framing:
+    return DETECTORS.fact(detector, "framing")
 
 
 # Measured on FER-2013 PrivateTest faces: see scripts/detectors.py and results/benchmark/detectors.md.
@@ -148,7 +151,7 @@ def crop_face(grey: np.ndarray, box: Box, detector: str | None) -> np.ndarray:
         x, y, w, h = box
         face = Image.fromarray(grey[y:y + h, x:x + w])
         return np.asarray(face.resize((IMAGE_SIDE, IMAGE_SIDE), Image.BILINEAR), dtype=np.uint8)
-    left, top, side = FRAMING[detector].square(box)
+    left, top, side = framing(detector).square(box)
     pad = int(np.ceil(max(side, 1)))
     padded = np.pad(grey, pad, mode="edge")
     face = Image.fromarray(padded).resize((IMAGE_SIDE, IMAGE_SIDE), Image.BILINEAR,

@@ -14,7 +14,8 @@ from fer_bench.backends import Runtime
 from fer_bench.config import Experiment, TrainConfig
 from fer_bench.data.dataset import FerData
 from fer_bench.data.pipeline import EVALUATION_BATCH, EpochFeed, epoch_class_counts, evaluation_dataset
-from fer_bench.models.registry import BACKBONE_LAYER, build_model, for_inference
+from fer_bench.models.registry import BACKBONE_LAYER, build_model
+from fer_bench.models.saved import for_inference
 
 
 @dataclass
