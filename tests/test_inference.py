@@ -240,7 +240,7 @@ def test_loading_a_mixed_precision_run_prints_no_keras_warning(fer_folder, tmp_p
     finally:
         keras.mixed_precision.set_global_policy("float32")  # process-wide: later tests build float32 models
     assert out.exit_code == 0, out.output
-    code = ("import warnings; warnings.simplefilter('always'); from fer_bench.inference import load_predictor; "
+    code = ("import warnings; warnings.simplefilter('always'); from fer_bench.evaluation.predictors import load_predictor; "
             f"load_predictor({str(tmp_path / 'custom_cnn')!r})")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
