@@ -204,3 +204,27 @@ def test_every_config_names_the_key_it_gets_wrong(config):
         with pytest.raises(ConfigError) as error:
             load_experiment(config, [override])
         assert key in str(error.value), (override, str(error.value))
+
+
+@pytest.mark.slow
+def test_tensorboard_logs_every_epoch_into_the_run_folder(fer_folder, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = runner.invoke(app, ["run", str(REPO / "configs" / "custom_cnn.yaml"), "--data-dir", str(fer_folder),
+                                 "--results-dir", str(tmp_path), "--set", "data.classes=[angry, happy]",
+                                 "--set", "train.epochs=2", "--set", "model.params.filters=[8]",
+                                 "--set", "train.batch_size=8", "--set", "train.tensorboard=true"])
+    assert result.exit_code == 0, result.output
+    for part in ("train", "validation"):
+        events = EventAccumulator(str(tmp_path / "custom_cnn" / "tensorboard" / part)).Reload()
+        steps = [event.step for event in events.Tensors("epoch_accuracy")]
+        assert steps == [0, 1], (part, events.Tags())
+
+
+def test_tensorboard_without_its_package_is_one_line_at_load_time(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"train.tensorboard needs the tensorboard package, which is not installed"):
+        load_experiment(REPO / "configs" / "custom_cnn.yaml", ["train.tensorboard=true"])

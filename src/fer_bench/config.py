@@ -145,6 +145,8 @@ class TrainConfig:
     seed: int = _field(42, Interval(0), "seeds Python, NumPy, TensorFlow, splits, shuffling, augmentation")
     deterministic: bool = _field(False, doc="op determinism (TensorFlow's, or XLA's deterministic GPU ops on jax): "
                                                 "reproducible, somewhat slower")
+    tensorboard: bool = _field(False, doc="write Keras' TensorBoard logs into <run>/tensorboard/ "
+                                          "(tensorboard --logdir results/ shows every run)")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ CNN of a feature config, so that every mistake is found before any run folder ex
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from pathlib import Path
 
 from fer_bench.config import Experiment, read_config
@@ -43,6 +44,9 @@ def load_experiment(path: Path | str, overrides: list[str] | None = None) -> Exp
     overrides = list(overrides or [])
     exp = read_config(path, overrides)
     check_data_config(exp.data)
+    if exp.train.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("train.tensorboard needs the tensorboard package, which is not installed: "
+                          "pip install -e \".[tensorboard]\" (or pip install tensorboard)")
     if exp.runtime.backend not in ("auto", *BACKENDS):
         raise ConfigError(f"runtime.backend must be one of {['auto', *BACKENDS]}; got {exp.runtime.backend!r}")
     if model_kind(exp.model.name) == "keras":

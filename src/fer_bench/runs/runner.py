@@ -193,7 +193,7 @@ def _train_keras(exp: Experiment, data: FerData, run: RunDirectory) -> Trained:
 
     runtime = configure_runtime(exp.runtime, exp.train.seed, exp.train.deterministic)
     print(runtime.describe(), file=sys.stderr, flush=True)
-    result = train_model(exp, data, runtime, checkpoint_dir=run.file(CHECKPOINT_DIR))
+    result = train_model(exp, data, runtime, checkpoint_dir=run.file(CHECKPOINT_DIR), callbacks=_trackers(exp, run))
     run.save_model(result.model)
     run.write_table("history.csv", pd.DataFrame(result.history))
     run.write_figure("curves.png", curves_figure(result.history, f"{exp.name}: training curves"))
@@ -207,6 +207,20 @@ def _train_keras(exp: Experiment, data: FerData, run: RunDirectory) -> Trained:
         seconds={f"train_{phase}": s for phase, s in result.phase_seconds.items()},
         best_epoch=result.best_epoch,
     )
+
+
+TENSORBOARD_DIR = "tensorboard"
+
+
+def _trackers(exp: Experiment, run: RunDirectory) -> list:
+    """Callbacks that report training elsewhere, plugged into the trainer's seam: TensorBoard's event files."""
+    if not exp.train.tensorboard:
+        return []
+    from fer_bench.backends import import_keras
+
+    # The graph is TensorFlow's alone; epoch scalars are what every backend writes. A resumed run adds to the same
+    # folder, which TensorBoard reads as one run.
+    return [import_keras().callbacks.TensorBoard(log_dir=str(run.file(TENSORBOARD_DIR)), write_graph=False)]
 
 
 def _feature_source(exp: Experiment, run: RunDirectory, data: FerData) -> Path | None:
