@@ -7,6 +7,7 @@ key (`train.optimizer`), the allowed values and the value it got.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import inspect
 import os
@@ -23,14 +24,16 @@ from fer_bench import EMOTIONS
 from fer_bench.errors import ConfigError
 
 
-class Constraint:
+class Constraint(abc.ABC):
     """A rule on a value, kept as data beside the field it constrains."""
 
+    @abc.abstractmethod
     def allows(self, value: Any) -> bool:
-        raise NotImplementedError
+        """Whether `value` satisfies the rule."""
 
+    @abc.abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """The rule in words, as an error message gives it: "in [0, 1]", "one of ['a', 'b']"."""
 
     def check(self, key: str, value: Any) -> None:
         if not self.allows(value):
