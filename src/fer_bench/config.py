@@ -22,6 +22,7 @@ import yaml
 
 from fer_bench import EMOTIONS
 from fer_bench.errors import ConfigError
+from fer_bench.files import FOLDER_NAME_RULE, is_folder_name
 
 
 class Constraint(abc.ABC):
@@ -144,7 +145,8 @@ class TrainConfig:
     focal_alpha: float = _field(0.25, Interval(0.0, 1.0, low_open=True), "weight of the focal loss")
     sampling: str = _field("none", Options(("none", "oversample", "undersample")),
                            "per epoch, every class as often as the largest (oversample) or smallest (undersample)")
-    class_weight: str | dict[str, Annotated[float, Interval(0.0, low_open=True)]] = _field("none", Options(("none", "balanced")), "none | balanced | {emotion: weight}")
+    class_weight: str | dict[str, Annotated[float, Interval(0.0, low_open=True)]] = _field(
+        "none", Options(("none", "balanced")), "none | balanced | {emotion: weight}")
     seed: int = _field(42, Interval(0), "seeds Python, NumPy, TensorFlow, splits, shuffling, augmentation")
     deterministic: bool = _field(False, doc="op determinism (TensorFlow's, or XLA's deterministic GPU ops on jax): "
                                                 "reproducible, somewhat slower")
@@ -206,15 +208,15 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class RuntimeConfig:
     # The names are the backend registry's (checked in experiment.load_experiment): one entry adds a backend.
-    backend: str = _field(AUTO, doc=
-                          "Keras backend; auto = KERAS_BACKEND, else Keras' default (tensorflow)")
+    backend: str = _field(AUTO, doc="Keras backend; auto = KERAS_BACKEND, else Keras' default (tensorflow)")
     mixed_precision: bool | str = _field(AUTO, Options((AUTO, True, False)), "auto (on with a GPU or TPU) | true | false")
     jit_compile: bool | str = _field(AUTO, Options((AUTO, True, False)), "XLA; auto = on with a GPU, and always on jax | true | false")
     distribution: str = _field(AUTO, Options((AUTO, "none", "mirrored", "multi_worker")),
                                "mirrored: a model copy per device (TensorFlow MirroredStrategy, keras.distribution "
                                "DataParallel on jax), auto when there are several; multi_worker (tensorflow) reads TF_CONFIG")
-    steps_per_execution: int | str = _field(AUTO, AnyOf((Options((AUTO,)), Interval(1)), "'auto' or a whole number >= 1"), "training steps per call into the device; auto = 1 on a CPU, "
-                                                      "16 on a GPU or TPU, where per-step dispatch dominates a small model")
+    steps_per_execution: int | str = _field(AUTO, AnyOf((Options((AUTO,)), Interval(1)), "'auto' or a whole number >= 1"),
+                                            "training steps per call into the device; auto = 1 on a CPU, "
+                                            "16 on a GPU or TPU, where per-step dispatch dominates a small model")
     cpu_devices: int | None = _field(None, Interval(2, 64),
                                      "split the CPU into this many devices (TensorFlow logical devices, XLA host devices "
                                      "on jax), to try distribution without GPUs")
@@ -342,8 +344,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**values)
 
 
-def check_arguments(key: str, function: Any, arguments: dict[str, Any], given_by_caller: tuple[str, ...] = ()) -> None:
-    """Check `arguments` against `function`'s own signature: names, annotated types and Annotated constraints.
+def check_arguments(key: str, owner: str, function: Any, arguments: dict[str, Any],
+                    given_by_caller: tuple[str, ...] = ()) -> None:
+    """Check `arguments` for `owner` against `function`'s own signature: names, annotated types, Annotated constraints.
 
     A registry entry's signature is the source of truth for what `model.params` may hold, the way
     scikit-learn checks `_parameter_constraints`: nothing is listed twice.
@@ -353,7 +356,7 @@ def check_arguments(key: str, function: Any, arguments: dict[str, Any], given_by
     allowed = sorted(p for p in signature.parameters if p not in given_by_caller)
     for name, value in arguments.items():
         if name not in allowed:
-            raise ConfigError(f"unknown key '{key}.{name}'; allowed: {allowed}")
+            raise ConfigError(f"unknown key '{key}.{name}' for {owner}; allowed: {allowed}")
         if name in hints:
             _coerce(f"{key}.{name}", value, hints[name])
 
@@ -370,8 +373,8 @@ def _allows_none(tp: Any) -> bool:
 
 def _check_semantics(exp: Experiment) -> None:
     """Rules that span fields: each names the key to change."""
-    if exp.name is not None and (not exp.name or exp.name in (".", "..") or "/" in exp.name or "\\" in exp.name):
-        raise ConfigError(f"name must be one folder name (no '/', no '..', not empty); got {exp.name!r}")
+    if exp.name is not None and not is_folder_name(exp.name):
+        raise ConfigError(f"name must be {FOLDER_NAME_RULE}; got {exp.name!r}")
     if exp.data.classes is not None:
         unknown = [c for c in exp.data.classes if c not in EMOTIONS]
         if unknown:

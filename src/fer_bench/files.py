@@ -21,6 +21,14 @@ STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.json"
 
 
+FOLDER_NAME_RULE = "one folder name (no '/', no '..', not empty)"
+
+
+def is_folder_name(name: str) -> bool:
+    """A run or evaluation name is one folder name: it never reaches outside the results folder."""
+    return bool(name) and name not in (".", "..") and not any(sep in name for sep in "/\\") and name == name.strip()
+
+
 def cache_dir() -> Path:
     """Decoded datasets, extracted features and compiled programs: `$FER_BENCH_CACHE` or ~/.cache/fer-bench."""
     return Path(os.environ.get("FER_BENCH_CACHE", Path.home() / ".cache" / "fer-bench"))

@@ -74,10 +74,7 @@ def check_feature_config(exp: Experiment) -> None:
     """Config checks for a feature model: classifier parameters, grid keys, the feature source."""
     name, features = exp.model.name, exp.features
     allowed = classifier_params(name)
-    unknown = sorted(set(exp.model.params) - set(allowed))
-    if unknown:
-        raise ConfigError(f"unknown key 'model.params.{unknown[0]}' for {name}; allowed: {sorted(allowed)}")
-    check_arguments("model.params", CLASSIFIERS[name], exp.model.params, ("seed",))
+    check_arguments("model.params", name, CLASSIFIERS[name], exp.model.params, ("seed",))
     _check_estimator_params("model.params", name, exp.model.params)
     for key, values in exp.search.grid.items():
         if "__" not in key and key not in allowed:
@@ -86,7 +83,7 @@ def check_feature_config(exp: Experiment) -> None:
             raise ConfigError(f"search.grid.{key} must list at least one value")
         if "__" not in key:
             for value in values:
-                check_arguments("search.grid", CLASSIFIERS[name], {key: value}, ("seed",))
+                check_arguments("search.grid", name, CLASSIFIERS[name], {key: value}, ("seed",))
                 _check_estimator_params("search.grid", name, {**exp.model.params, key: value})
     if features is None:
         raise ConfigError(f"model {name} classifies features: add a `features` section (extractor: cnn, hog or pixels)")

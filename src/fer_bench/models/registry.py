@@ -60,11 +60,7 @@ def check_model_config(exp: Experiment) -> None:
     cfg = exp.model
     if cfg.name not in MODELS:
         raise ConfigError(f"model.name: unknown {cfg.name!r}; choose from {sorted(MODELS)}")
-    allowed = model_params(cfg.name)
-    unknown = sorted(set(cfg.params) - set(allowed))
-    if unknown:
-        raise ConfigError(f"unknown key 'model.params.{unknown[0]}' for {cfg.name}; allowed: {sorted(allowed)}")
-    check_arguments("model.params", MODELS[cfg.name], cfg.params, COMMON_ARGS)
+    check_arguments("model.params", cfg.name, MODELS[cfg.name], cfg.params, COMMON_ARGS)
     check = MODELS.fact(cfg.name, "check")
     if check is not None:
         check(exp)

@@ -30,7 +30,7 @@ import yaml
 
 from fer_bench.errors import FerBenchError, RunError
 from fer_bench.evaluation.metrics import SplitPredictions, confusion, report_text, score_splits
-from fer_bench.files import METRICS_FILE, STATUS_FILE, atomic_write
+from fer_bench.files import FOLDER_NAME_RULE, METRICS_FILE, STATUS_FILE, atomic_write, is_folder_name
 
 try:
     import fcntl
@@ -54,9 +54,9 @@ def numbered_siblings(folder: Path, name: str) -> Iterator[Path]:
 
 
 def check_name(name: str, option: str = "--name") -> str:
-    """A run or evaluation name is one folder name: it never reaches outside the results folder."""
-    if not name or name in (".", "..") or any(sep in name for sep in ("/", "\\")) or name != name.strip():
-        raise FerBenchError(f"{option} must be one folder name (no '/', no '..', not empty); got {name!r}")
+    """`name` when it is one folder name (see files.is_folder_name), else a one-line error naming the option."""
+    if not is_folder_name(name):
+        raise FerBenchError(f"{option} must be {FOLDER_NAME_RULE}; got {name!r}")
     return name
 
 
