@@ -252,7 +252,8 @@ def test_annotations_scale_with_the_photo_and_say_when_no_face_was_found(trained
     from fer_bench.photos.predict import _annotate
 
     big = Image.new("RGB", (4000, 3000), (128, 128, 128))
-    face = {"box": {"x": 1000, "y": 1000, "width": 800, "height": 800}, "emotion": "happy", "top3": [["happy", 0.9], ["angry", 0.05], ["surprise", 0.05]]}
+    face = {"box": {"x": 1000, "y": 1000, "width": 800, "height": 800}, "emotion": "happy",
+            "top3": [["happy", 0.9], ["angry", 0.05], ["surprise", 0.05]]}
     labelled = np.asarray(Image.open(_annotate(big, [face], Path("big.png"), tmp_path)))
     label_rows = np.flatnonzero(((labelled[:1000, 1000:1400] == (255, 64, 64)).all(axis=2)).any(axis=1))
     assert label_rows.max() - label_rows.min() >= 4000 // 40  # the label box: 2.5% of the photo, not 10 px
