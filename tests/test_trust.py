@@ -333,6 +333,10 @@ def test_two_runs_with_the_same_curve_are_both_visible():
     palette = (np.array([[31, 119, 180], [255, 127, 14]]))  # tab10's first two colours
     seen = [int((np.abs(pixels - colour).sum(axis=2) < 60).sum()) for colour in palette]
     assert min(seen) > 0.3 * max(seen), seen
+    # A run of one epoch is one point: it still shows, as its marker, wherever it comes in the legend.
+    single = pd.DataFrame({"epoch": [1], "val_accuracy": [0.5]})
+    figure = validation_curves_figure([(f"run {i}", history) for i in range(7)] + [("one epoch", single)])
+    assert list(figure.axes[0].lines[-1].get_markevery()) == [0, 2]
 
 
 def test_confusion_grid_has_a_colour_scale_and_a_class_without_images_is_blank():

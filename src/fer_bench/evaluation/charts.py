@@ -236,7 +236,8 @@ def validation_curves_figure(curves: Sequence[tuple[str, object]], other_data: S
         # a run whose curve is the very same as an earlier one's still shows that earlier run around it.
         width = 1.4 + 3.0 * (1 - index / max(len(curves) - 1, 1))
         ax.plot(epochs, accuracy, color=palette[index % 10], linestyle=LINE_STYLES[(index // 10) % len(LINE_STYLES)],
-                marker=MARKERS[index % len(MARKERS)], markersize=3 + width, markevery=(index % step, step),
+                marker=MARKERS[index % len(MARKERS)], markersize=3 + width,
+                markevery=((index % step) % max(len(epochs), 1), step),  # never past the end: a 1-epoch run keeps its dot
                 linewidth=width, alpha=0.9,
                 label=f"{_label(name, other)}\n  best {accuracy[best]:.3f} at epoch {epochs[best]}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
