@@ -229,7 +229,7 @@ runtime = configure_runtime(exp.runtime, exp.train.seed, False)  # the runner's 
 import keras, tensorflow as tf
 from fer_bench.models.registry import build_model
 from fer_bench.data.pipeline import EpochFeed, evaluation_dataset
-data = load_data(exp.data, exp.classes, spec["data_dir"], seed=0, progress=False)
+data = load_data(exp.data, exp.classes, spec["data_dir"], progress=False)
 images, labels = data.train.images[: spec["train_images"]], data.train.labels[: spec["train_images"]]
 batch = spec["batch"] * runtime.replicas
 feed = EpochFeed(images, labels, 7, batch, exp.augment, exp.train.seed)

@@ -17,6 +17,7 @@ FLOORS = [
     ("fer_bench.training",),
     ("fer_bench.evaluation",),
     ("fer_bench.runs",),
+    ("fer_bench.sweeps",),
     ("fer_bench.photos",),
     ("fer_bench.reporting",),
     ("fer_bench.cli",),

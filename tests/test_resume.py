@@ -17,7 +17,7 @@ from fer_bench.cli import app
 from fer_bench.config import to_dict
 from fer_bench.experiment import load_experiment
 from fer_bench.runs.artifacts import RunDirectory
-from fer_bench.runs.runner import _same_experiment
+from fer_bench.runs.runner import same_experiment
 
 CLASSES = "[angry, happy, surprise]"
 
@@ -122,7 +122,7 @@ def test_restart_starts_afresh_and_a_changed_config_is_refused(tmp_path, env, fe
     assert "resumed" not in fresh.stderr
 
 
-def test_a_run_begun_by_an_earlier_fer_bench_counts_as_the_same_experiment(tmp_path):
+def test_a_run_begun_by_an_earlier_fer_bench_counts_as_thesame_experiment(tmp_path):
     """Its config.yaml lacks the keys added since (their defaults apply); a value it set that changed still counts."""
     exp = load_experiment(REPO / "configs" / "custom_cnn.yaml", ["train.epochs=4"])
     exp = dataclasses.replace(exp, name="run")
@@ -130,10 +130,10 @@ def test_a_run_begun_by_an_earlier_fer_bench_counts_as_the_same_experiment(tmp_p
     earlier = to_dict(exp)
     del earlier["runtime"]["backend"], earlier["runtime"]["steps_per_execution"]
     run.write_yaml("config.yaml", earlier)
-    assert _same_experiment(run, exp)
-    assert not _same_experiment(run, dataclasses.replace(exp, train=dataclasses.replace(exp.train, epochs=5)))
+    assert same_experiment(run, exp)
+    assert not same_experiment(run, dataclasses.replace(exp, train=dataclasses.replace(exp.train, epochs=5)))
     run.write_text("config.yaml", "model: {name: no_such_model}\n")
-    assert not _same_experiment(run, exp)
+    assert not same_experiment(run, exp)
 
 
 def wait_for(condition, timeout=120):

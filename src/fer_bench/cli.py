@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -56,7 +56,7 @@ def one_line_errors(command: Callable) -> Callable:
     return wrapper
 
 
-DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="FER-2013 folder or fer2013.csv (overrides data.path)")]
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="FER-2013 folder or fer2013.csv (overrides data.path)")]
 
 
 @app.command()
@@ -65,8 +65,8 @@ def run(
     configs: Annotated[list[Path], typer.Argument(help="experiment YAML file(s), run one after another")],
     data_dir: DataDir = None,
     results_dir: Annotated[Path, typer.Option("--results-dir", help="where run folders go")] = Path("results"),
-    name: Annotated[Optional[str], typer.Option("--name", help="run name (one config only)")] = None,
-    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="override a key: --set train.epochs=3")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="run name (one config only)")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="override a key: --set train.epochs=3")] = None,
     restart: Annotated[bool, typer.Option("--restart", help="discard an existing run of the same name")] = False,
 ) -> None:
     """Train and evaluate each experiment; write its artifacts under RESULTS_DIR/<name>/."""
@@ -94,12 +94,53 @@ def run(
 
 @app.command()
 @one_line_errors
+def sweep(
+    configs: Annotated[list[Path], typer.Argument(help="experiment YAML files, or one sweep file (sweeps/NAME.yaml)")],
+    seeds: Annotated[str | None, typer.Option("--seeds", help="5 = train.seed 0..4; or the seeds: 0,3,7")] = None,
+    grid: Annotated[list[str] | None, typer.Option(
+        "--grid", help="try every value: --grid train.learning_rate=[0.001,0.0003] (repeatable)")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="override a key in every trial")] = None,
+    data_dir: DataDir = None,
+    results_dir: Annotated[Path, typer.Option("--results-dir", help="the sweep goes to RESULTS_DIR/NAME/")] = Path("results"),
+    name: Annotated[str | None, typer.Option("--name", help="sweep name (default: the sweep file's, or the configs')")] = None,
+    jobs: Annotated[int | None, typer.Option(
+        "--jobs", help="trials at a time (local: one per GPU, else 1; ray: CPUs split between them)")] = None,
+    executor: Annotated[str, typer.Option("--executor", help="local or ray")] = "local",
+    address: Annotated[str | None, typer.Option("--address", help="ray: auto, or host:port of a running cluster")] = None,
+    restart: Annotated[bool, typer.Option("--restart", help="train every trial again, finished ones too")] = False,
+) -> None:
+    """Run configs x grid x seeds as trials, in parallel; the same command again skips finished trials."""
+    from fer_bench.sweeps.driver import run_sweep, summary_table
+    from fer_bench.sweeps.plan import SweepSpec, default_name, is_sweep_file, parse_grid, parse_seeds, read_sweep_file
+
+    files = [path for path in configs if path.is_file() and is_sweep_file(path)]
+    if files and len(configs) > 1:
+        fail(f"{files[0]} is a sweep file: give it alone, or list experiment files instead")
+    spec = read_sweep_file(files[0]) if files else SweepSpec(name=default_name(tuple(configs)), configs=tuple(configs))
+    added = parse_grid(grid or [])
+    clash = sorted(set(added) & set(spec.grid))
+    if clash:
+        fail(f"--grid {clash[0]}: the sweep file already sets that grid key")
+    spec = SweepSpec(name=check_name(name) if name is not None else spec.name, configs=spec.configs,
+                     seeds=parse_seeds(seeds) if seeds is not None else spec.seeds,
+                     grid={**spec.grid, **added}, sets=(*spec.sets, *(overrides or [])))
+    result = run_sweep(spec, executor, jobs, address, data_dir, results_dir, restart)
+    typer.echo(summary_table(result))
+    failed = result.failed
+    typer.echo(f"{result.count('finished')} of {len(result.trials)} trials finished; manifest {result.folder / 'sweep.json'}")
+    if failed:
+        fail(f"{len(failed)} trial{'s' if len(failed) > 1 else ''} did not finish: "
+             f"{', '.join(t['id'] for t in failed[:5])}{' ...' if len(failed) > 5 else ''}")
+
+
+@app.command()
+@one_line_errors
 def compare(
     results: Annotated[Path, typer.Argument(help="folder of run folders, searched recursively")] = Path("results"),
-    out: Annotated[Optional[Path], typer.Option("--out", help="where the table and charts go (default: RESULTS)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="where the table and charts go (default: RESULTS)")] = None,
     metric: Annotated[str, typer.Option("--metric", help="headline metric: accuracy, macro_f1, balanced_accuracy, weighted_f1")] = "accuracy",
     split: Annotated[str, typer.Option("--split", help="validation or test")] = "test",
-    sort: Annotated[Optional[str], typer.Option("--sort", help="column to sort by (default: the metric)")] = None,
+    sort: Annotated[str | None, typer.Option("--sort", help="column to sort by (default: the metric)")] = None,
 ) -> None:
     """Compare finished runs: table, 95% bootstrap intervals, McNemar tests and charts."""
     from fer_bench.reporting.compare import METRICS, SORT_KEYS, build_comparison, write_comparison
@@ -122,7 +163,7 @@ def compare(
 def predict(
     arguments: Annotated[list[Path], typer.Argument(
         metavar="[RUN] PHOTOS...", help="a run folder or model file (default: the shipped model), then photos or folders")],
-    annotate: Annotated[Optional[Path], typer.Option("--annotate", help="save each photo with boxes and labels here")] = None,
+    annotate: Annotated[Path | None, typer.Option("--annotate", help="save each photo with boxes and labels here")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     tta: Annotated[str, typer.Option("--tta", help="test-time augmentation: none, flip, ten_crop")] = "none",
     detector: Annotated[str, typer.Option(
@@ -166,13 +207,13 @@ def predict(
 @app.command()
 @one_line_errors
 def evaluate(
-    run_dir: Annotated[Optional[Path], typer.Argument(
+    run_dir: Annotated[Path | None, typer.Argument(
         metavar="[RUN]", help="a finished run folder (default: the shipped model)")] = None,
     data_dir: Annotated[Path, typer.Option("--data-dir", help="labelled class-per-folder dataset")] = ...,
-    mapping: Annotated[Optional[list[str]], typer.Option(
+    mapping: Annotated[list[str] | None, typer.Option(
         "--map", help="folder names to classes: anger=angry,sadness=sad (repeatable)")] = None,
     tta: Annotated[str, typer.Option("--tta", help="also score with test-time augmentation: flip, ten_crop")] = "none",
-    name: Annotated[Optional[str], typer.Option("--name", help="name of the evaluation (default: the folder's name)")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="name of the evaluation (default: the folder's name)")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an earlier evaluation of the same --name")] = False,
     results_dir: Annotated[Path, typer.Option(
         "--results-dir", help="without RUN: the shipped model's evaluations go to RESULTS_DIR/shipped/eval/")] = Path("results"),
@@ -204,7 +245,7 @@ def evaluate(
 def ensemble(
     runs: Annotated[list[Path], typer.Argument(help="finished run folders (two or more)")],
     name: Annotated[str, typer.Option("--name", help="name of the ensemble run")],
-    results_dir: Annotated[Optional[Path], typer.Option("--results-dir", help="default: the first run's folder")] = None,
+    results_dir: Annotated[Path | None, typer.Option("--results-dir", help="default: the first run's folder")] = None,
 ) -> None:
     """Average the test probabilities of several runs into a new run that `compare` ranks beside them."""
     from fer_bench.runs.ensemble import ensemble_runs

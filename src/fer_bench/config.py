@@ -108,6 +108,8 @@ class DataConfig:
     validation_fraction: float = _field(0.1, Interval(0.0, 0.5, low_open=True),
                                         "stratified split of train, used only when the source has no PublicTest")
     max_per_class: int | None = _field(None, Interval(1), "keep at most this many images per class and split")
+    seed: int = _field(42, Interval(0), "draws the max_per_class subset and, where the source has no PublicTest, "
+                                        "the validation split; apart from train.seed, so that seeds train on the same images")
     cache: bool = _field(True, doc="cache decoded arrays on disk, keyed by a fingerprint of the source")
 
 
@@ -147,7 +149,7 @@ class TrainConfig:
                            "per epoch, every class as often as the largest (oversample) or smallest (undersample)")
     class_weight: str | dict[str, Annotated[float, Interval(0.0, low_open=True)]] = _field(
         "none", Options(("none", "balanced")), "none | balanced | {emotion: weight}")
-    seed: int = _field(42, Interval(0), "seeds Python, NumPy, TensorFlow, splits, shuffling, augmentation")
+    seed: int = _field(42, Interval(0), "seeds initialisation, data order, augmentation and dropout (not the data: see data.seed)")
     deterministic: bool = _field(False, doc="op determinism (TensorFlow's, or XLA's deterministic GPU ops on jax): "
                                                 "reproducible, somewhat slower")
     tensorboard: bool = _field(False, doc="write Keras' TensorBoard logs into <run>/tensorboard/ "

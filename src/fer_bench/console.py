@@ -63,7 +63,8 @@ def native_stderr_filtered(noise: tuple[str, ...] = STARTUP_NOISE) -> Iterator[N
                 sys.stderr.flush()
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """`42s`, or `3m07s` from a minute on."""
     seconds = int(round(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
@@ -86,12 +87,13 @@ class ProgressBar:
         """Whether `update(done)` would redraw: on a terminal, at most every REDRAW_SECONDS, and at the end."""
         return self.stream is not None and (done >= self.total or time.perf_counter() - self._drawn >= self.REDRAW_SECONDS)
 
-    def update(self, done: int, extra: str = "") -> None:
-        if not self.due(done):
+    def update(self, done: int, extra: str = "", now: bool = False) -> None:
+        """Redraw when due, or at once with `now` (after a plain line has wiped the bar)."""
+        if not (self.due(done) or (now and self.stream is not None)):
             return
         now = self._drawn = time.perf_counter()
         elapsed = now - self.start
-        eta = f"  ETA {_duration(elapsed / done * (self.total - done))}" if 0 < done < self.total else ""
+        eta = f"  ETA {duration(elapsed / done * (self.total - done))}" if 0 < done < self.total else ""
         line = self.line(done, extra, eta, _columns() - 1)
         self.stream.write("\r" + line.ljust(_columns() - 1))
         self.stream.flush()
@@ -135,7 +137,7 @@ def working(label: str) -> Iterator[None]:
 
     def tick() -> None:
         while not stop.wait(1.0):
-            stream.write(f"\r  {label} ... {_duration(time.perf_counter() - start)}")
+            stream.write(f"\r  {label} ... {duration(time.perf_counter() - start)}")
             stream.flush()
 
     ticker = threading.Thread(target=tick, daemon=True) if stream is not None else None
@@ -149,4 +151,4 @@ def working(label: str) -> Iterator[None]:
             ticker.join()
             stream.write("\r" + " " * (_columns() - 1) + "\r")
             stream.flush()
-    print(f"  {label}: done in {_duration(time.perf_counter() - start)}", file=sys.stderr, flush=True)
+    print(f"  {label}: done in {duration(time.perf_counter() - start)}", file=sys.stderr, flush=True)

@@ -9,6 +9,7 @@ writing side by side, never write into each other's temporary file.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -59,3 +60,25 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
         raise FerBenchError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def put_folder(fill: Callable[[Path], Any], folder: Path) -> None:
+    """Call `fill(staging)` to fill a new folder beside `folder`, then move it to `folder`, replacing what was there.
+
+    A reader finds the old folder or the new one, whole: never a half-filled one. (Linux cannot swap two
+    folders in one step, so for a moment neither name is taken; the old one is removed only after.)
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = temporary_name(folder).with_suffix(".staging")
+    superseded = staging.with_suffix(".superseded")
+    try:
+        fill(staging)
+        if folder.exists():
+            os.replace(folder, superseded)
+        os.replace(staging, folder)
+    except OSError as exc:
+        raise FerBenchError(f"cannot write {folder}: {exc.strerror or exc}") from None
+    finally:
+        for leftover in (staging, superseded):
+            shutil.rmtree(leftover, ignore_errors=True)

@@ -178,14 +178,14 @@ def fingerprint_of(images: np.ndarray, labels: np.ndarray, splits: np.ndarray, c
 
 
 def load_data(cfg: DataConfig, classes: tuple[str, ...], data_dir: str | Path | None = None,
-              seed: int = 42, progress: bool = True) -> FerData:
-    """Load, decode (or read the cache), subset and split a dataset as the config says."""
+              progress: bool = True) -> FerData:
+    """Load, decode (or read the cache), subset and split a dataset as the config says (seeded by `cfg.seed`)."""
     source, root = resolve_source(cfg, data_dir)
     items = SOURCES[source](root)
     bad_rows = [(item.name, "malformed row (emotion is not 0-6)") for item in items if item.group == "bad"]
     items = [item for item in items if item.group != "bad" and item.emotion in classes]
     if cfg.max_per_class is not None:
-        items = _cap_per_class(items, cfg.max_per_class, seed)
+        items = _cap_per_class(items, cfg.max_per_class, cfg.seed)
     if not items:
         raise DataError(f"no images of the classes {list(classes)} under {root}")
     images, kept, skipped, resized = load_or_decode(source, root, items, cfg.cache, progress)
@@ -194,7 +194,7 @@ def load_data(cfg: DataConfig, classes: tuple[str, ...], data_dir: str | Path | 
     if not items:
         raise DataError(f"none of the images under {root} could be read")
     labels = np.array([classes.index(item.emotion) for item in items], dtype=np.int64)
-    splits, protocol = _split_assignments(items, labels, cfg.validation_fraction, seed)
+    splits, protocol = _split_assignments(items, labels, cfg.validation_fraction, cfg.seed)
     parts = {}
     for split in SPLITS:
         idx = np.flatnonzero(splits == split)

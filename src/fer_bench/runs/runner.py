@@ -49,7 +49,8 @@ def choose_run_directory(results_dir: Path, name: str, explicit_name: bool, rest
             return candidate
 
 
-def _same_experiment(run: RunDirectory, exp: Experiment) -> bool:
+def same_experiment(run: RunDirectory, exp: Experiment) -> bool:
+    """Whether the run's folder holds (or began) this very experiment, or nothing yet."""
     previous = run.file("config.yaml")
     if not previous.is_file():
         return True
@@ -116,26 +117,29 @@ def summary_lines(name: str, exp: Experiment, data: FerData, metrics: dict, best
 
 
 def run_experiment(exp: Experiment, data_dir: str | Path | None = None, results_dir: str | Path = "results",
-                   name: str | None = None, restart: bool = False, data: FerData | None = None) -> Path:
+                   name: str | None = None, restart: bool = False, data: FerData | None = None,
+                   sweep: dict | None = None, worker: dict | None = None) -> Path:
     """Train and evaluate one experiment; return its finished run directory.
 
     `data`, when given, is the dataset this experiment's data section loads (a feature run hands its
-    own to the CNN it trains first), so it is not loaded twice.
+    own to the CNN it trains first; a sweep, to every trial), so it is not loaded again. A sweep's
+    trial records its place in the sweep (`sweep`: name, trial, group, seed) in metrics.json, and the
+    worker that ran it (`worker`) in environment.json.
     """
     from fer_bench.backends import activate
 
     activate(exp.runtime, exp.train.deterministic)  # before Keras starts, and before any folder is made
     run = choose_run_directory(Path(results_dir), name or exp.name or "run", name is not None, restart)
     try:
-        return _run_locked(exp, run, data_dir, restart, data)
+        return _run_locked(exp, run, data_dir, restart, data, {"sweep": sweep, "worker": worker})
     finally:
         run.release()
 
 
 def _run_locked(exp: Experiment, run: RunDirectory, data_dir: str | Path | None, restart: bool,
-                data: FerData | None) -> Path:
+                data: FerData | None, provenance: dict[str, dict | None]) -> Path:
     exp = dataclasses.replace(exp, name=run.path.name)
-    if not restart and not _same_experiment(run, exp):
+    if not restart and not same_experiment(run, exp):
         # A checkpoint is training progress that only the same experiment may continue; without one,
         # the unfinished folder holds nothing to resume and the new experiment replaces it.
         if run.file(CHECKPOINT_DIR).exists():
@@ -144,7 +148,7 @@ def _run_locked(exp: Experiment, run: RunDirectory, data_dir: str | Path | None,
         restart = True
     clock = time.perf_counter()
     try:
-        data = data or load_data(exp.data, exp.classes, data_dir, seed=exp.train.seed)
+        data = data or load_data(exp.data, exp.classes, data_dir)
     except BaseException:
         if run.made is not None:
             # The folders were made here only to hold the lock: a bad data source leaves no trace behind.
@@ -165,7 +169,7 @@ def _run_locked(exp: Experiment, run: RunDirectory, data_dir: str | Path | None,
             print(f"== {exp.name}: {exp.model.name} -> {run.path}", file=sys.stderr, flush=True)
             for line in data_notices(data.skipped, data.resized):
                 print(line, file=sys.stderr, flush=True)
-            metrics = _train_and_evaluate(exp, run, data, started, clock, resumes)
+            metrics = _train_and_evaluate(exp, run, data, started, clock, resumes, provenance)
         finished["test_accuracy"] = metrics["test"]["accuracy"]
     shutil.rmtree(run.file(CHECKPOINT_DIR), ignore_errors=True)
     return run.path
@@ -266,8 +270,8 @@ def _train_features(exp: Experiment, data: FerData, run: RunDirectory) -> Traine
 TRAINERS = {"keras": _train_keras, "features": _train_features}
 
 
-def _train_and_evaluate(exp: Experiment, run: RunDirectory, data: FerData,
-                        started: str, clock: float, resumes: list[str]) -> dict:
+def _train_and_evaluate(exp: Experiment, run: RunDirectory, data: FerData, started: str, clock: float,
+                        resumes: list[str], provenance: dict[str, dict | None]) -> dict:
     from fer_bench.evaluation.tta import predict_with_tta
 
     seconds: dict[str, float] = {"data": round(time.perf_counter() - clock, 2)}
@@ -297,10 +301,12 @@ def _train_and_evaluate(exp: Experiment, run: RunDirectory, data: FerData,
     run.write_json("environment.json", {
         **environment_record(), **trained.environment, "data": data.record(), "seed": exp.train.seed,
         "started": started, "finished": now(), "seconds": seconds, **({"resumed": resumes} if resumes else {}),
+        **({"worker": provenance["worker"]} if provenance.get("worker") else {}),
     })
     record = {
         "run": exp.name, "model": exp.model.name, "classes": list(data.classes),
         "data_fingerprint": data.fingerprint, "protocol": data.protocol, **trained.record, **metrics,
+        **({"sweep": provenance["sweep"]} if provenance.get("sweep") else {}),
     }
     run.write_json(METRICS_FILE, record)  # last: its presence marks a complete set of artifacts
     for line in summary_lines(exp.name, exp, data, metrics, trained.best_epoch, seconds["total"], run.path):
