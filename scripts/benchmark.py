@@ -2,6 +2,7 @@
 
     python scripts/benchmark.py --data-dir ../shared/fer2013 --out results/benchmark
     python scripts/benchmark.py --accelerator                  # training speed on this machine's GPU
+    python scripts/benchmark.py --sweep                        # a sweep's overhead per trial, per executor
 
 Writes benchmark.json and benchmark.md (the table README carries). Every figure is measured on the
 machine it runs on; nothing is asserted. The ImageDataGenerator baseline needs tf_keras, which pins
@@ -426,6 +427,69 @@ def bench_cli() -> dict:
     return {"help_seconds": _median_seconds(cli + ["--help"]), "compare_50_runs_seconds": compare}
 
 
+# --- sweeps ----------------------------------------------------------------------------------
+
+SWEEP_TRIALS = 8
+SWEEP_SETS = ["data.max_per_class=40", "train.epochs=2", "train.batch_size=32", "train.early_stopping_patience=null",
+              "model.params.filters=[16, 32]", "model.params.dense_units=32"]
+SWEEP_EXECUTORS = {"local, 1 worker": ["--jobs", "1"], "local, 2 workers": ["--jobs", "2"],
+                   "ray, local instance": ["--executor", "ray"]}
+
+
+def bench_sweep(data_dir: Path) -> dict:
+    """8 tiny trials (seeds of a small CNN on 40 images a class) through `fer-bench sweep`, per executor.
+
+    Wall time against what the trials themselves took: their training, and their whole run (model build,
+    training, evaluation, artifacts). What is left is the sweep's own cost: process start, imports, the
+    driver's data load, handing the data to the workers, Ray's start-up.
+    """
+    rows = {}
+    for label, options in SWEEP_EXECUTORS.items():
+        with tempfile.TemporaryDirectory() as folder:
+            args = [sys.executable, "-m", "fer_bench.cli", "sweep", str(REPO / "configs" / "custom_cnn.yaml"),
+                    "--seeds", str(SWEEP_TRIALS), "--data-dir", str(data_dir), "--results-dir", folder, "--name", "bench",
+                    *options, *(a for s in SWEEP_SETS for a in ("--set", s))]
+            log(f"sweep: {label}")
+            start = time.perf_counter()
+            done = subprocess.run(args, capture_output=True, text=True)
+            wall = time.perf_counter() - start
+            if done.returncode != 0:
+                raise SystemExit(f"error: the {label} sweep failed:\n{done.stderr[-2000:]}")
+            runs = [json.loads(p.read_text()) for p in sorted(Path(folder).rglob("environment.json"))]
+            metrics = [json.loads(p.read_text()) for p in sorted(Path(folder).rglob("metrics.json"))]
+            workers = 2 if "2 workers" in label else 1
+            if "ray" in label:
+                workers = int(next(line for line in done.stderr.splitlines() if line.startswith("ray: "))
+                              .split(", ")[1].split()[0])
+            training = sum(m["training_seconds"] for m in metrics)
+            in_run = sum(r["seconds"]["total"] for r in runs)
+            rows[label] = {
+                "workers": workers, "trials": len(metrics), "wall_seconds": round(wall, 1),
+                "training_seconds": round(training, 1), "run_seconds": round(in_run, 1),
+                # Worker-seconds spent on anything but training, per trial; and inside each run, beyond its training.
+                "overhead_per_trial_seconds": round((wall * workers - training) / len(metrics), 2),
+                "in_run_overhead_per_trial_seconds": round((in_run - training) / len(metrics), 2),
+                "outside_runs_seconds": round(wall * workers - in_run, 1),
+                "data_loaded_once": f"loaded once for {SWEEP_TRIALS} trials" in done.stderr,
+            }
+    return {"trials": SWEEP_TRIALS, "config": "configs/custom_cnn.yaml", "sets": SWEEP_SETS, "executors": rows}
+
+
+def sweep_markdown(report: dict) -> str:
+    sweep = report["sweep"]
+    lines = [f"Measured {report['date']} on {report['machine']['cpu']} ({report['machine']['cores']} cores, no GPU): "
+             f"{sweep['trials']} trials (seeds) of `{sweep['config']}` with {', '.join(f'`{s}`' for s in sweep['sets'])}.",
+             "", "| executor | workers | wall | trials' training | trials' whole runs | overhead per trial "
+             "(wall x workers - training) / trials | of which inside the run | outside the runs (start-up) | "
+             "data decoded once |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, row in sweep["executors"].items():
+        lines.append(f"| {label} | {row['workers']} | {row['wall_seconds']} s | {row['training_seconds']} s | "
+                     f"{row['run_seconds']} s | {row['overhead_per_trial_seconds']} s | "
+                     f"{row['in_run_overhead_per_trial_seconds']} s | {row['outside_runs_seconds']} s | "
+                     f"{'yes' if row['data_loaded_once'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
 # --- report ----------------------------------------------------------------------------------
 
 def machine() -> dict:
@@ -479,6 +543,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmark")
     parser.add_argument("--batches", type=int, default=200, help="batches timed per input pipeline")
     parser.add_argument("--steps", type=int, default=40, help="training steps per timing (three timings per model)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="instead: the cost of `fer-bench sweep` per trial, on local workers and on Ray")
     parser.add_argument("--accelerator", action="store_true",
                         help="instead: the tuned CNN's training rate, real pipeline against synthetic tensors, and "
                              "its start-up cost, on this machine's GPU (or CPU), with the backend KERAS_BACKEND names")
@@ -495,6 +561,13 @@ def main() -> None:
     if args.epochs < 2:
         sys.exit("error: --epochs must be at least 2 (the first one is start-up)")
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine()}
+    if args.sweep:
+        report["sweep"] = bench_sweep(args.data_dir)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "sweep.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.out / "sweep.md").write_text(sweep_markdown(report))
+        print(sweep_markdown(report))
+        return
     if args.accelerator:
         report.update(config=str(args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config),
                       epochs=args.epochs, train_images=args.train_images)

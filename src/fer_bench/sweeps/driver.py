@@ -161,12 +161,13 @@ def run_sweep(spec: SweepSpec, executor_name: str = "local", jobs: int | None = 
     if not folder.acquire():
         raise RunError(f"sweep {folder.path} is running in another process (pid {folder.holder()})")
     try:
+        earlier = _earlier_attempts(folder)
         entries, tasks = [], []
         keys = [data_key(to_dict(exp)["data"], exp.classes) for exp in experiments]
         for trial, exp, key in zip(trials, experiments, keys):
             state, metrics = _earlier_state(trial, folder.path.joinpath(*trial.parts), exp, restart)
             entry = {"id": trial.id, "group": trial.group, "config": str(trial.config), "seed": trial.seed,
-                     "overrides": list(trial.overrides), "state": state}
+                     "overrides": list(trial.overrides), "state": state, "attempts": earlier.get(trial.id, 0)}
             if metrics is not None:
                 outcome = outcome_of(trial.id, metrics)
                 entry.update(scores=outcome.scores, training_seconds=outcome.training_seconds)
@@ -197,6 +198,14 @@ def run_sweep(spec: SweepSpec, executor_name: str = "local", jobs: int | None = 
         return SweepResult(folder.path, list(manifest.trials.values()))
     finally:
         folder.release()
+
+
+def _earlier_attempts(folder: RunDirectory) -> dict[str, int]:
+    """Attempts per trial that earlier invocations of this sweep recorded: a trial's count covers all of them."""
+    try:
+        return {t["id"]: int(t.get("attempts", 0)) for t in folder.read_json(MANIFEST)["trials"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def _shape(spec: SweepSpec) -> str:

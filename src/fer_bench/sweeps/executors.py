@@ -293,7 +293,7 @@ def import_ray(address: str | None = None) -> Any:
     return ray
 
 
-def _scratch_root() -> Path:
+def scratch_root() -> Path:
     """Where a Ray worker writes a trial before it travels back (the system's temporary folder)."""
     import tempfile
 
@@ -310,9 +310,9 @@ def ray_trial(task: TrialTask, data: FerData, partial: bytes | None) -> tuple[Tr
 
     import ray
 
-    root = _scratch_root()
+    root = scratch_root()
     root.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="trial-", dir=root))
+    scratch = Path(tempfile.mkdtemp(prefix=f"{task.sweep}-", dir=root))
     try:
         folder = scratch.joinpath(*task.trial.parts)
         if partial is not None:
