@@ -11,7 +11,9 @@ JOBS.json: {"id": [argv...], ...}; RESULTS.json: {"id": {"exit_code": int, "stdo
 """
 
 import json
+import os
 import sys
+import time
 import traceback
 
 from typer.testing import CliRunner
@@ -24,13 +26,17 @@ def main(jobs_file: str, results_file: str) -> None:
     results = {}
     runner = CliRunner()
     for job, argv in jobs.items():
+        start = time.perf_counter()
         outcome = runner.invoke(app, argv)
         output = outcome.output
         if outcome.exception is not None and not isinstance(outcome.exception, SystemExit):
             output += "".join(traceback.format_exception(outcome.exception))
-        results[job] = {"exit_code": outcome.exit_code, "stdout": outcome.stdout, "output": output}
-    with open(results_file, "w") as out:
+        results[job] = {"exit_code": outcome.exit_code, "stdout": outcome.stdout, "output": output,
+                        "seconds": round(time.perf_counter() - start, 1)}
+    partial = f"{results_file}.partial"
+    with open(partial, "w") as out:
         json.dump(results, out)
+    os.replace(partial, results_file)  # whole, for test processes that wait for it to appear
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Both Keras backends: every config's smoke run on JAX, and results that cross between backends.
+"""Both Keras backends: smoke runs on JAX (conftest.JAX_SMOKE), and results that cross between backends.
 
 The test process runs TensorFlow. Keras picks its backend once per process, so everything on JAX
 runs in one worker process (tests/cli_worker.py) that takes all its commands at once: JAX and
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import CONFIGS, REAL_DATA, REPO, copy_shipped_photos, make_fer_folder, smoke_argv, smoke_classes, smoke_data_path
+from conftest import CONFIGS, JAX_SMOKE, REAL_DATA, REPO, config_id, copy_shipped_photos, make_fer_folder, smoke_argv, smoke_classes, smoke_data_path
 from helpers import check_run
 from test_distribution import assert_mirrored_matches_single, distribution_runs, make_distribution_data
 from test_shipped import assert_committed_predictions, assert_committed_score
@@ -35,10 +35,7 @@ CLASSES = ("angry", "happy", "surprise")
 EXACT = ["--set", f"data.classes=[{', '.join(CLASSES)}]", "--set", "train.epochs=3", "--set", "train.batch_size=10",
          "--set", "model.params.filters=[8, 16]", "--set", "model.params.dense_units=16"]
 SIDE = pytest.StashKey[dict]()
-
-
-def config_id(config: Path) -> str:
-    return str(config.relative_to(REPO / "configs"))
+JAX_CONFIGS = [c for c in CONFIGS if config_id(c) in JAX_SMOKE]
 
 
 def shipped_faces(folder: Path) -> Path:
@@ -49,9 +46,9 @@ def shipped_faces(folder: Path) -> Path:
 
 
 def jax_jobs(work: Path) -> dict[str, list[str]]:
-    """All this module runs on JAX: every config's smoke run, a steps-per-execution pair, the shipped model."""
+    """All this module runs on JAX: the JAX_SMOKE configs' smoke runs, a steps-per-execution pair, the shipped model."""
     exact_data = make_fer_folder(work / "exact-data", counts=(24, 6, 6), classes=CLASSES)
-    jobs = {f"smoke:{config_id(c)}": smoke_argv(c, smoke_data_path(), work / "smoke" / c.parent.name) for c in CONFIGS}
+    jobs = {f"smoke:{config_id(c)}": smoke_argv(c, smoke_data_path(), work / "smoke" / c.parent.name) for c in JAX_CONFIGS}
     for steps in (1, 3):
         jobs[f"steps:{steps}"] = ["run", str(REPO / "configs/custom_cnn_aug.yaml"), "--data-dir", str(exact_data),
                                   "--results-dir", str(work / "steps"), "--name", f"steps-{steps}", *EXACT,
@@ -68,11 +65,25 @@ def jax_jobs(work: Path) -> dict[str, list[str]]:
     return jobs
 
 
+def shared_work_folder(config) -> Path | None:
+    """Under pytest-xdist, the folder that every test process of this session agrees on; None without it."""
+    workerinput = getattr(config, "workerinput", None)
+    return None if workerinput is None else Path(tempfile.gettempdir()) / f"fer-bench-jax-{workerinput['testrunuid']}"
+
+
 def start_jax_side(config) -> None:
-    """Start the worker, once per session; the `jax_side` fixture waits for it."""
+    """Start the worker, once per session (once for all of pytest-xdist's processes); `jax_side` waits for it."""
     if SIDE in config.stash:
         return
-    work = Path(tempfile.mkdtemp(prefix="fer-bench-jax-"))
+    work = shared_work_folder(config)
+    if work is None:
+        work = Path(tempfile.mkdtemp(prefix="fer-bench-jax-"))
+    else:
+        try:
+            work.mkdir()
+        except FileExistsError:  # another test process started it: read its results when they are there
+            config.stash[SIDE] = {"process": None, "work": work}
+            return
     (work / "jobs.json").write_text(json.dumps(jax_jobs(work)))
     # Compilation dominates these tiny runs: XLA's cheapest optimisation level halves the worker's time.
     env = {**os.environ, "KERAS_BACKEND": "jax", "FER_BENCH_CACHE": str(work / "cache"), "TF_CPP_MIN_LOG_LEVEL": "2",
@@ -92,7 +103,12 @@ def jax_side(request) -> tuple[dict, Path]:
     start_jax_side(request.config)
     side = request.config.stash[SIDE]
     waited = time.perf_counter()
-    assert side["process"].wait() == 0, (side["work"] / "worker.log").read_text()[-3000:]
+    results = side["work"] / "results.json"
+    if side["process"] is not None:
+        assert side["process"].wait() == 0, (side["work"] / "worker.log").read_text()[-3000:]
+    while not results.is_file():  # cli_worker writes it whole, last
+        assert time.perf_counter() - waited < 1800, "the JAX worker never finished"
+        time.sleep(1)
     print(f"waited {time.perf_counter() - waited:.0f} s for the JAX worker", file=sys.stderr)
     return json.loads((side["work"] / "results.json").read_text()), side["work"]
 
@@ -123,7 +139,7 @@ def faces_by_image(predict_json: str) -> dict[str, dict]:
     return {Path(r["image"]).name: r["faces"][0] for r in json.loads(predict_json)}
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[config_id(c) for c in CONFIGS])
+@pytest.mark.parametrize("config", JAX_CONFIGS, ids=[config_id(c) for c in JAX_CONFIGS])
 def test_config_runs_end_to_end_on_jax(config, jax_side):
     out = outcome(jax_side, f"smoke:{config_id(config)}")
     run = jax_side[1] / "smoke" / config.parent.name / config.stem
@@ -177,8 +193,8 @@ def test_the_shipped_tensorflow_model_predicts_the_same_on_jax(jax_side):
 
 
 def test_a_jax_run_evaluates_predicts_and_compares_on_tensorflow(jax_side, tmp_path):
-    outcome(jax_side, "smoke:cpu/tuned_cnn.yaml")
-    jax_run = jax_side[1] / "smoke" / "cpu" / "tuned_cnn"
+    outcome(jax_side, "smoke:tuned_cnn.yaml")
+    jax_run = jax_side[1] / "smoke" / "configs" / "tuned_cnn"
     expected = probabilities_by_file(jax_run / "predictions.csv", "test")
     data = labelled_copy(jax_run, smoke_data_path(), "test", tmp_path / "data")
     runner = CliRunner()
@@ -194,7 +210,7 @@ def test_a_jax_run_evaluates_predicts_and_compares_on_tensorflow(jax_side, tmp_p
     for image, face in predicted.items():
         for emotion, probability in face["top3"]:
             assert probability == pytest.approx(expected.loc[image, f"p_{emotion}"], abs=1e-4)
-    result = runner.invoke(app, ["compare", str(jax_side[1] / "smoke" / "cpu"), "--out", str(tmp_path / "cmp")])
+    result = runner.invoke(app, ["compare", str(jax_side[1] / "smoke" / "configs"), "--out", str(tmp_path / "cmp")])
     assert result.exit_code == 0, result.output
     compared = pd.read_csv(tmp_path / "cmp" / "comparison.csv").set_index("name")
     assert compared.loc["tuned_cnn", "trained_on"] == f"CPU x{os.cpu_count()} (jax)"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, make_fer_folder
+from conftest import REPO
 from helpers import check_run
 from typer.testing import CliRunner
 
@@ -204,7 +204,7 @@ def test_a_sweep_survives_a_killed_worker_and_ctrl_c_and_gives_the_same_metrics_
     env = {**os.environ, "FER_BENCH_CACHE": str(tmp_path / "cache")}
     local_args = sweep_command(*common, "--jobs", "2", "--results-dir", tmp_path / "local", sets=sets)
     local_dir = tmp_path / "local" / name
-    statuses = lambda: sorted(local_dir.glob("*/seed=*/status.json"))  # noqa: E731
+    statuses = lambda: sorted(local_dir.glob("*/seed=*/status.json"))
 
     # As from a terminal (see test_trust): SIGINT is not ignored in the sweep's process.
     sweep = subprocess.Popen(local_args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -243,7 +243,7 @@ def test_a_sweep_survives_a_killed_worker_and_ctrl_c_and_gives_the_same_metrics_
     ray_args = sweep_command(*common, "--executor", "ray", "--address", "auto", "--results-dir", tmp_path / "ray",
                              sets=sets)
     sweep = subprocess.Popen(ray_args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    scratch = lambda: sorted(scratch_root().glob(f"{name}-*/*/seed=*/status.json"))  # noqa: E731
+    scratch = lambda: sorted(scratch_root().glob(f"{name}-*/*/seed=*/status.json"))
     _, status = wait_for_trial(scratch, lambda path, status: True, sweep)
     os.kill(status["pid"], signal.SIGKILL)
     stdout, stderr = sweep.communicate(timeout=600)
