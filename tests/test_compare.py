@@ -1,6 +1,7 @@
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,8 @@ from typer.testing import CliRunner
 
 from fer_bench.cli import app
 from fer_bench.evaluation.metrics import bootstrap_scores, confidence_interval, holm_adjusted, mcnemar_exact
-from fer_bench.reporting.compare import significance_table, significance_text, trained_on
+from fer_bench.reporting.compare import comparison_table, significance_table, significance_text, trained_on
+from fer_bench.reporting.groups import group_runs
 from fer_bench.runs.artifacts import Run
 
 runner = CliRunner()
@@ -46,20 +48,22 @@ def scored_run(name: str, wrong: int, fingerprint: str = "same", images: int = 1
 
 
 def test_verdicts_hold_over_all_the_pairs_tested_and_the_console_gets_the_neighbours():
-    runs = [scored_run("a", 0), scored_run("d", 0), scored_run("other", 3, fingerprint="elsewhere"),
+    runs = [scored_run("a", 0), scored_run("d", 0), scored_run("other", 3, fingerprint="elsewhere", images=60),
             scored_run("b", 6), scored_run("c", 40)]
-    table = significance_table(runs, "test")
-    assert len(table) == 6  # every pair of a, d, b, c; the run on other data is tested against none
+    table = significance_table(group_runs(runs), "test")
+    assert len(table) == 6  # every pair of a, d, b, c; the run on other test images is tested against none
+    assert set(table["test"]) == {"McNemar over test images"}
     b_vs_a = table[(table["run_a"] == "a") & (table["run_b"] == "b")].iloc[0]
     # b misses 6 images a gets right: p = 2 * 0.5^6, below 0.05 alone; 3rd smallest of 6, so x3 after Holm
     assert b_vs_a["p_value"] == pytest.approx(0.03125) and b_vs_a["p_adjusted"] == pytest.approx(0.09375)
-    assert b_vs_a["summary"] == "a vs b: no significant difference (adjusted p=0.0938)"
+    assert b_vs_a["summary"] == "a vs b: no significant difference (McNemar, adjusted p=0.0938)"
     text = significance_text(table, [run.name for run in runs])
-    assert "adjusted by Holm's method for the 6 pairs tested" in text[0]
-    assert text[1:] == ["a vs d: no significant difference (adjusted p=1)",
-                        "d vs b: no significant difference (adjusted p=0.0938)",
-                        "b beats c (adjusted p=4.66e-10)"]  # 2 * 0.5^34, x4 as the 3rd smallest
-    assert significance_text(significance_table(runs[:1], "test"), ["a"]) == []
+    assert text[0].startswith("McNemar's exact test on the same images for single runs; p adjusted by Holm's method "
+                              "for the 6 pairs tested")
+    assert text[1:] == ["a vs d: no significant difference (McNemar, adjusted p=1)",
+                        "d vs b: no significant difference (McNemar, adjusted p=0.0938)",
+                        "b beats c (McNemar, adjusted p=4.66e-10)"]  # 2 * 0.5^34, x4 as the 3rd smallest
+    assert significance_text(significance_table(group_runs(runs[:1]), "test"), ["a"]) == []
 
 
 def test_bootstrap_is_seeded_and_has_the_sampling_spread():
@@ -125,22 +129,29 @@ def test_compare_writes_table_significance_and_charts(trained_runs, tmp_path):
 def test_compare_options_and_flags_for_other_data(trained_runs, tmp_path):
     results = tmp_path / "results"
     shutil.copytree(trained_runs, results)
+    # Trained on other images, scored on the same ones: ranked and tested, and marked.
     metrics_file = results / "custom_cnn_aug" / "metrics.json"
     metrics = json.loads(metrics_file.read_text())
     metrics["data_fingerprint"] = "something-else"
     metrics_file.write_text(json.dumps(metrics))
     shutil.copytree(results / "custom_cnn", results / "copy")
+    # Scored on other images: last, not ranked, tested against nothing.
+    shutil.copytree(results / "custom_cnn", results / "elsewhere")
+    predictions = pd.read_csv(results / "elsewhere" / "predictions.csv")
+    predictions["file"] = "other/" + predictions["file"]
+    predictions.to_csv(results / "elsewhere" / "predictions.csv", index=False)
     out = invoke("compare", results, "--out", tmp_path / "out", "--split", "validation", "--metric", "macro_f1")
     assert out.exit_code == 0, out.output
-    table = pd.read_csv(tmp_path / "out" / "comparison.csv")
-    assert table["name"].iloc[-1] == "custom_cnn_aug" and table["data"].iloc[-1] == "DIFFERENT"  # last, not ranked
+    table = pd.read_csv(tmp_path / "out" / "comparison.csv").set_index("name")
+    assert table.index[-1] == "elsewhere" and table.loc["elsewhere", "data"] == "DIFFERENT"
+    assert table.loc["custom_cnn_aug", "data"] == "other train data" and table.loc["copy", "data"] == "same"
     assert table["macro_f1"].iloc[:-1].is_monotonic_decreasing
-    assert "made on other data" in out.output
-    assert "| - | custom_cnn_aug |" in (tmp_path / "out" / "comparison.md").read_text()
-    # runs on different data are never tested against each other
+    assert "scored on other test images" in out.output and "trained on other images" in out.output
+    document = (tmp_path / "out" / "comparison.md").read_text()
+    assert "| - | elsewhere |" in document and "| custom_cnn_aug |" in document
     significance = pd.read_csv(tmp_path / "out" / "significance.csv")
-    assert significance[["run_a", "run_b"]].values.tolist() == [["copy", "custom_cnn"]] or \
-        significance[["run_a", "run_b"]].values.tolist() == [["custom_cnn", "copy"]]
+    pairs = {frozenset(pair) for pair in significance[["run_a", "run_b"]].values.tolist()}
+    assert pairs == {frozenset(p) for p in (("copy", "custom_cnn"), ("copy", "custom_cnn_aug"), ("custom_cnn", "custom_cnn_aug"))}
     assert not (results / "comparison.csv").exists()
 
 
@@ -205,12 +216,128 @@ def test_ensemble_rejects_bad_members(trained_runs, tmp_path):
 def test_runs_on_other_data_are_a_family_of_their_own_and_leave_the_main_verdicts_as_they_were():
     main = [scored_run("a", 0), scored_run("b", 6), scored_run("c", 9)]
     others = [scored_run(f"tiny-{i}", i, fingerprint="tiny subset", images=20) for i in range(6)]
-    alone = significance_table(main, "test").set_index(["run_a", "run_b"])
-    together = significance_table(main + others, "test")
-    beside = together[together["data"] == "same"].set_index(["run_a", "run_b"])
+    alone = significance_table(group_runs(main), "test").set_index(["run_a", "run_b"])
+    together = significance_table(group_runs(main + others), "test")
+    beside = together[together["run_a"].isin(["a", "b", "c"])].set_index(["run_a", "run_b"])
     assert len(beside) == 3 and len(together) == 3 + 15
     assert beside["p_adjusted"].tolist() == pytest.approx(alone["p_adjusted"].tolist())
     # each family is adjusted over its own pairs: a vs b (p = 2 * 0.5^6) is the 2nd smallest of 3, so x2
     assert beside.loc[("a", "b"), "p_adjusted"] == pytest.approx(0.0625)
     text = significance_text(together, [run.name for run in main + others])
-    assert "adjusted by Holm's method within each data set (3 pairs and 15 pairs tested on 2 data sets)" in text[0]
+    assert "adjusted by Holm's method within each set of test images (3 pairs and 15 pairs tested on 2 sets)" in text[0]
+
+
+# --- groups of seeds ----------------------------------------------------------------------------------------
+
+def seeded_run(group: str, seed: int, accuracy: float, images: int = 200, epochs: int = 3) -> Run:
+    """A finished run of configuration `group` with `seed`, scoring `accuracy` on the same test images."""
+    wrong = round(images * (1 - accuracy))
+    predictions = pd.DataFrame({"split": "test", "file": [f"{i}.png" for i in range(images)], "true": "happy",
+                                "predicted": ["sad"] * wrong + ["happy"] * (images - wrong)})
+    scores = {"accuracy": 1 - wrong / images, "macro_f1": 0.5, "balanced_accuracy": 0.5, "weighted_f1": 0.5,
+              "count": images, "per_class": {"happy": {"f1": 0.6}, "sad": {"f1": 0.4}}}
+    metrics = {"classes": ["happy", "sad"], "data_fingerprint": "same", "model": "custom_cnn", "test": scores,
+               "test_unique": {"accuracy": scores["accuracy"]}, "training_seconds": 10.0 + seed, "epochs_run": epochs,
+               "sweep": {"group": group}}
+    config = {"name": f"seed={seed}", "model": {"name": "custom_cnn", "params": {"config": group}},
+              "train": {"seed": seed, "learning_rate": 0.001}}
+    history = pd.DataFrame({"epoch": range(1, epochs + 1), "val_accuracy": np.linspace(0.3, accuracy, epochs)})
+    return Run(f"sweep/{group}/seed={seed}", None, metrics, config, predictions, history)
+
+
+def groups_of(scores: dict[str, list[float]], seeds: dict[str, list[int]] | None = None):
+    runs = [seeded_run(name, (seeds or {}).get(name, range(len(values)))[i], value)
+            for name, values in scores.items() for i, value in enumerate(values)]
+    return group_runs(runs)
+
+
+def pair(table, a, b):
+    rows = table[((table["run_a"] == a) & (table["run_b"] == b)) | ((table["run_a"] == b) & (table["run_b"] == a))]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+def test_runs_that_differ_only_in_seed_form_one_group_with_its_spread():
+    groups = groups_of({"lr=0.001": [0.60, 0.62, 0.64], "lr=0.01": [0.5]})
+    assert [(g.name, g.seeds) for g in groups] == [("sweep/lr=0.001", [0, 1, 2]), ("sweep/lr=0.01/seed=0", [0])]
+    row = comparison_table(groups, "test").set_index("name").loc["sweep/lr=0.001"]
+    assert row["seeds"] == 3 and row["interval"] == "seeds"
+    assert row["accuracy"] == pytest.approx(0.62) and row["accuracy_sd"] == pytest.approx(0.02)
+    assert (row["accuracy_min"], row["accuracy_max"]) == pytest.approx((0.60, 0.64))
+    half = 4.302653 * 0.02 / np.sqrt(3)  # Student's t, 2 degrees of freedom
+    assert (row["accuracy_low"], row["accuracy_high"]) == pytest.approx((0.62 - half, 0.62 + half), abs=1e-6)
+    assert row["training_seconds"] == pytest.approx(11.0)
+
+
+def test_overlapping_seeds_give_no_significant_difference_and_separated_ones_a_verdict_with_the_right_sign():
+    groups = groups_of({"a": [0.60, 0.64, 0.62, 0.66, 0.61], "b": [0.62, 0.63, 0.60, 0.65, 0.64],
+                        "c": [0.50, 0.51, 0.49, 0.52, 0.50]})
+    table = significance_table(groups, "test")
+    a_b, a_c = pair(table, "sweep/a", "sweep/b"), pair(table, "sweep/a", "sweep/c")
+    assert a_b["test"] == a_c["test"] == "paired t over seeds"  # all three ran seeds 0..4
+    assert a_b["p_adjusted"] > 0.05 and "no significant difference" in a_b["summary"]
+    assert a_c["p_adjusted"] < 0.05 and a_c["summary"].startswith("sweep/a beats sweep/c (paired t over seeds")
+    # c below a on every seed: P(a > c) over the shared seeds is 1, whichever side c is on
+    assert (a_c["p_a_better"] if a_c["run_a"] == "sweep/a" else 1 - a_c["p_a_better"]) == 1.0
+    assert "P(sweep/a > sweep/c)=1.00" in a_c["summary"]
+
+
+def test_other_seeds_get_welch_and_a_hand_computed_p_value():
+    from scipy import stats
+
+    groups = groups_of({"a": [0.60, 0.62, 0.64], "b": [0.50, 0.55, 0.53, 0.52]}, seeds={"a": [0, 1, 2], "b": [5, 6, 7, 8]})
+    row = significance_table(groups, "test").iloc[0]
+    assert row["test"] == "Welch t over seeds"
+    a, b = (g.scores("test", "accuracy") for g in groups)
+    assert row["p_value"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    assert row["p_a_better"] == 1.0  # every seed of a beats every seed of b
+    pooled = np.sqrt((2 * a.var(ddof=1) + 3 * b.var(ddof=1)) / 5)
+    assert row["effect_size"] == pytest.approx((a.mean() - b.mean()) / pooled)
+
+
+def test_a_group_of_two_seeds_is_too_few_to_test_and_holm_runs_over_the_pairs_tested():
+    groups = groups_of({"a": [0.60, 0.61, 0.62], "b": [0.50, 0.51, 0.52], "c": [0.40, 0.41, 0.42], "two": [0.9, 0.91]})
+    table = significance_table(groups, "test")
+    few = [r for _, r in table.iterrows() if "two" in r["run_a"] + r["run_b"]]
+    assert len(few) == 3 and all(r["test"] == "too few seeds to test" for r in few)
+    assert all(pd.isna(r["p_value"]) and "too few seeds to test (" in r["summary"] for r in few)
+    assert not any("beats" in r["summary"] for r in few)
+    tested = table[table["p_value"].notna()]
+    assert len(tested) == 3
+    assert tested["p_adjusted"].tolist() == pytest.approx(holm_adjusted(tested["p_value"].to_numpy()).tolist())
+
+
+def test_a_seed_sweep_compares_as_groups_with_its_charts(tmp_path):
+    from fer_bench.reporting.compare import build_comparison, write_comparison
+
+    runs = [seeded_run(name, seed, value) for name, values in {"a": [0.60, 0.64, 0.62], "b": [0.50, 0.52, 0.51]}.items()
+            for seed, value in enumerate(values)]
+    for run in runs:  # as folders: compare reads them back
+        folder = tmp_path / "runs" / run.name
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps(run.metrics))
+        (folder / "config.yaml").write_text(json.dumps(run.config))
+        run.predictions.to_csv(folder / "predictions.csv", index=False)
+        run.history.to_csv(folder / "history.csv", index=False)
+        (folder / "status.json").write_text('{"state": "finished"}')
+    comparison = build_comparison(tmp_path / "runs")
+    assert list(comparison.table["name"]) == ["sweep/a", "sweep/b"] and list(comparison.table["seeds"]) == [3, 3]
+    assert len(comparison.seeds) == 6 and set(comparison.seeds["group"]) == {"sweep/a", "sweep/b"}
+    assert comparison.significance_text[0].startswith("a paired t-test over seeds for groups that ran the same seeds")
+    assert "| 1 | sweep/a | custom_cnn |" in comparison.markdown and "| 3 | 0.6200 (" in comparison.markdown
+    folder = write_comparison(comparison, tmp_path / "out")
+    assert (folder / "seeds.csv").is_file() and (folder / "training_curves.png").is_file()
+
+
+@pytest.mark.slow
+def test_ensemble_of_a_group_averages_every_seed_under_its_folder(trained_runs, tmp_path):
+    group = tmp_path / "sweep" / "cnn"
+    for seed, run in enumerate(("custom_cnn", "custom_cnn_aug")):
+        shutil.copytree(trained_runs / run, group / f"seed={seed}")
+    out = invoke("ensemble", "--group", group, "--name", "cnn-seeds")
+    assert out.exit_code == 0, out.output
+    assert "from 2 runs -> " in out.output
+    metrics = json.loads((tmp_path / "sweep" / "cnn-seeds" / "metrics.json").read_text())
+    assert [Path(m).name for m in metrics["members"]] == ["seed=0", "seed=1"]
+    empty = invoke("ensemble", "--group", tmp_path / "nothing", "--name", "x")
+    assert empty.exit_code == 1 and empty.output.strip() == f"error: --group {tmp_path / 'nothing'}: no such folder"

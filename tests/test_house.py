@@ -144,7 +144,7 @@ def test_building_a_comparison_writes_nothing_and_writing_it_writes_its_figures(
     assert {"comparison.png", "per_class_f1.png", "confusion_matrices.png"} <= set(comparison.figures)
     out = write_comparison(comparison, tmp_path / "out")
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["comparison.csv", "comparison.md", "significance.csv", *comparison.figures])
+        ["comparison.csv", "comparison.md", "seeds.csv", "significance.csv", *comparison.figures])
     assert (out / "comparison.md").read_text() == comparison.document()
 
 

@@ -28,6 +28,10 @@ def test_readme_reference_results_are_the_committed_files():
     assert generated_block("reference-results") == script_output("reference_section.py")
 
 
+def test_readme_sweep_benchmark_is_the_committed_measurement():
+    assert generated_block("sweep-benchmark") == (REPO / "results" / "benchmark" / "sweep.md").read_text()
+
+
 def test_compare_reproduces_the_committed_reference_table(tmp_path):
     result = CliRunner().invoke(app, ["compare", str(REFERENCE), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output

@@ -243,17 +243,24 @@ def evaluate(
 @app.command()
 @one_line_errors
 def ensemble(
-    runs: Annotated[list[Path], typer.Argument(help="finished run folders (two or more)")],
-    name: Annotated[str, typer.Option("--name", help="name of the ensemble run")],
-    results_dir: Annotated[Path | None, typer.Option("--results-dir", help="default: the first run's folder")] = None,
+    runs: Annotated[list[Path] | None, typer.Argument(help="finished run folders (two or more)")] = None,
+    name: Annotated[str, typer.Option("--name", help="name of the ensemble run")] = ...,
+    group: Annotated[Path | None, typer.Option(
+        "--group", help="a folder of runs (a sweep's group: every seed of one configuration) to average")] = None,
+    results_dir: Annotated[Path | None, typer.Option(
+        "--results-dir", help="default: beside the first run (beside the group's folder, for --group)")] = None,
 ) -> None:
     """Average the test probabilities of several runs into a new run that `compare` ranks beside them."""
-    from fer_bench.runs.ensemble import ensemble_runs
+    from fer_bench.runs.ensemble import ensemble_runs, group_members
 
     check_name(name)
-    path, record = ensemble_runs(runs, name, results_dir)
+    members = list(runs or [])
+    if group is not None:
+        members += group_members(group)
+        results_dir = results_dir if results_dir is not None else group.parent
+    path, record = ensemble_runs(members, name, results_dir)
     typer.echo(f"{name}: test accuracy {record['test']['accuracy']:.4f}, macro-F1 {record['test']['macro_f1']:.4f} "
-               f"from {len(runs)} runs -> {path}")
+               f"from {len(members)} runs -> {path}")
 
 
 @app.command()

@@ -95,21 +95,25 @@ def _wrap(name: str, width: int = 40) -> str:
     return "\n".join([*lines, line] if line else lines)
 
 
-OTHER_DATA = "(other data)"
+OTHER_DATA = "(other test images)"
 
 
 def _label(name: str, other_data: bool) -> str:
     return _wrap(name) + (f"\n{OTHER_DATA}" if other_data else "")
 
 
-def comparison_figure(table, split: str) -> plt.Figure:
-    """Accuracy and macro-F1 per run, horizontal bars with 95% bootstrap intervals, best at the top.
+def comparison_figure(table, split: str, seed_scores: dict[str, dict[str, np.ndarray]] | None = None) -> plt.Figure:
+    """Accuracy and macro-F1 per row, horizontal bars with 95% intervals, best at the top.
 
-    Runs made on other data (table column `data` = DIFFERENT) come last, below a line, hatched and
-    labelled: their scores are not comparable with the rest.
+    A single run's interval is the bootstrap over the split's images; a group's (a row whose name is in
+    `seed_scores`) is Student's t over its seeds, and each seed's score is a dot on the bar. Rows made on
+    other images (table column `data` = DIFFERENT) come last, below a line, hatched and labelled: their
+    scores are not comparable with the rest.
     """
+    seed_scores = seed_scores or {}
     other = (table["data"] == "DIFFERENT").to_numpy() if "data" in table else np.zeros(len(table), bool)
-    names = [_label(n, o) for n, o in zip(table["name"], other)]
+    names = [_label(n, o) + (f"\n({len(next(iter(seed_scores[n].values())))} seeds)" if n in seed_scores else "")
+             for n, o in zip(table["name"], other)]
     lines = [n.count("\n") + 1 for n in names]
     positions = np.cumsum([0.0] + [0.35 + 0.2 * max(a, b) for a, b in zip(lines, lines[1:])])
     fig, ax = plt.subplots(figsize=(10, max(1.4 + positions[-1] * 1.05 if len(names) else 0, 3)), constrained_layout=True)
@@ -119,25 +123,34 @@ def comparison_figure(table, split: str) -> plt.Figure:
         values = table[metric].to_numpy(dtype=float)
         low = table.get(f"{metric}_low", values).to_numpy(dtype=float)
         high = table.get(f"{metric}_high", values).to_numpy(dtype=float)
-        errors = np.vstack([values - low, high - values])
+        errors = np.clip(np.vstack([values - low, high - values]), 0, None)
         bars = ax.barh(positions + offset, values, height=bar, xerr=np.nan_to_num(errors), capsize=3, label=label,
                        color=colour)
         for patch, is_other in zip(bars, other):
             if is_other:
                 patch.set_hatch("///")
                 patch.set_alpha(0.45)
-        for y, value, top in zip(positions + offset, values, np.nan_to_num(high, nan=0.0)):
+        for y, name, value, top in zip(positions + offset, table["name"], values, np.nan_to_num(high, nan=0.0)):
+            seeds = seed_scores.get(name, {}).get(metric)
+            if seeds is not None:
+                ax.scatter(seeds, np.full(len(seeds), y), s=14, color="black", zorder=3, linewidths=0,
+                           label="one seed" if metric == "accuracy" and "one seed" not in ax.get_legend_handles_labels()[1] else None)
+                top = max(top, float(np.nanmax(seeds)))
             ax.text(min(max(value, top) + 0.012, 0.95), y, f"{value:.3f}", va="center", fontsize=8)
     if other.any() and not other.all():
         first_other = int(np.argmax(other))
         boundary = (positions[first_other - 1] + positions[first_other]) / 2
         ax.axhline(boundary, color="black", linewidth=1, linestyle="--")
-        ax.text(0.995, boundary, "below: runs on other data, not comparable  ", ha="right", va="bottom", fontsize=8,
+        ax.text(0.995, boundary, "below: scored on other test images, not comparable  ", ha="right", va="bottom", fontsize=8,
                 transform=ax.get_yaxis_transform())
     ax.set_yticks(positions, names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel(f"{split} score (error bars: 95% bootstrap interval over {split} images)")
+    if seed_scores:
+        ax.set_xlabel(f"{split} score; error bars: 95% interval, over seeds for a group (mean of its seeds, dots), "
+                      f"over {split} images for a single run")
+    else:
+        ax.set_xlabel(f"{split} score (error bars: 95% bootstrap interval over {split} images)")
     ax.set_title(f"Runs compared on the {split} split")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right")
@@ -146,7 +159,8 @@ def comparison_figure(table, split: str) -> plt.Figure:
 
 def per_class_f1_figure(names: Sequence[str], per_class: Sequence[dict], split: str,
                         other_data: Sequence[bool] | None = None) -> plt.Figure:
-    """Heatmap of per-class F1: runs down, emotions across; runs on other data labelled as such."""
+    """Heatmap of per-class F1: runs down, emotions across; a group's cell is its mean over seeds, ± the SD
+    (`f1_sd`); runs on other data labelled as such."""
     other_data = list(other_data) if other_data is not None else [False] * len(names)
     classes = list(dict.fromkeys(c for scores in per_class for c in scores))
     values = np.array([[scores.get(c, {}).get("f1", np.nan) for c in classes] for scores in per_class])
@@ -155,16 +169,18 @@ def per_class_f1_figure(names: Sequence[str], per_class: Sequence[dict], split: 
     fig, ax = plt.subplots(figsize=(1.1 * len(classes) + 5.0, 0.3 * rows + 0.2 * len(names) + 1.9),
                            constrained_layout=True)
     image = ax.imshow(values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    spread = np.array([[scores.get(c, {}).get("f1_sd", np.nan) for c in classes] for scores in per_class])
     for (row, column), value in np.ndenumerate(values):
         if not np.isnan(value):
-            ax.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=9,
+            text = f"{value:.2f}" + (f"\n±{spread[row, column]:.2f}" if not np.isnan(spread[row, column]) else "")
+            ax.text(column, row, text, ha="center", va="center", fontsize=9 if "\n" not in text else 7.5,
                     color="black" if value > 0.6 else "white")
     if any(other_data) and not all(other_data):
         ax.axhline(int(np.argmax(other_data)) - 0.5, color="white", linewidth=3)
     ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
     ax.set_yticks(range(len(names)), labels, fontsize=8)
     fig.colorbar(image, ax=ax, label="F1", fraction=0.05)
-    ax.set_title(f"Per-class F1 on the {split} split")
+    ax.set_title(f"Per-class F1 on the {split} split" + (" (groups: mean ± SD over seeds)" if not np.isnan(spread).all() else ""))
     return fig
 
 
@@ -219,17 +235,36 @@ LINE_STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "x")
 
 
-def validation_curves_figure(curves: Sequence[tuple[str, object]], other_data: Sequence[bool] | None = None) -> plt.Figure:
-    """Validation accuracy per epoch of every deep run, overlaid.
+def _seed_curves(histories: Sequence[object]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(epochs, mean, min, max) of validation accuracy over the seeds that reached each epoch."""
+    table: dict[int, list[float]] = {}
+    for history in histories:
+        for epoch, value in zip(np.asarray(history["epoch"]), np.asarray(history["val_accuracy"], dtype=float)):
+            table.setdefault(int(epoch), []).append(value)
+    epochs = np.array(sorted(table))
+    values = [np.array(table[e]) for e in epochs]
+    return (epochs, np.array([v.mean() for v in values]), np.array([v.min() for v in values]),
+            np.array([v.max() for v in values]))
 
-    Each run differs from the others in colour, line style and marker, so two runs with the same
-    curve both stay visible; the legend gives each run's best epoch and marks runs on other data.
+
+def validation_curves_figure(curves: Sequence[tuple[str, object]], other_data: Sequence[bool] | None = None) -> plt.Figure:
+    """Validation accuracy per epoch of every deep run, overlaid; a group's (a list of histories) is the mean
+    over its seeds with a min-max band.
+
+    Each line differs from the others in colour, line style and marker, so two runs with the same
+    curve both stay visible; the legend gives each line's best epoch and marks runs on other data.
     """
     other_data = list(other_data) if other_data is not None else [False] * len(curves)
     fig, ax = plt.subplots(figsize=(12, 5.5), constrained_layout=True)
     palette = plt.get_cmap("tab10")(np.arange(10))
     for index, ((name, history), other) in enumerate(zip(curves, other_data)):
-        epochs, accuracy = np.asarray(history["epoch"]), np.asarray(history["val_accuracy"], dtype=float)
+        seeds = len(history) if isinstance(history, list) else 1
+        if isinstance(history, list) and seeds > 1:
+            epochs, accuracy, low, high = _seed_curves(history)
+            ax.fill_between(epochs, low, high, color=palette[index % 10], alpha=0.18, linewidth=0)
+        else:
+            history = history[0] if isinstance(history, list) else history
+            epochs, accuracy = np.asarray(history["epoch"]), np.asarray(history["val_accuracy"], dtype=float)
         best = int(np.nanargmax(accuracy)) if np.isfinite(accuracy).any() else 0
         step = max(len(epochs) // 12, 2)
         # Each line is drawn thinner than the one before it, over it, and its markers sit at other epochs:
@@ -239,7 +274,8 @@ def validation_curves_figure(curves: Sequence[tuple[str, object]], other_data: S
                 marker=MARKERS[index % len(MARKERS)], markersize=3 + width,
                 markevery=((index % step) % max(len(epochs), 1), step),  # never past the end: a 1-epoch run keeps its dot
                 linewidth=width, alpha=0.9,
-                label=f"{_label(name, other)}\n  best {accuracy[best]:.3f} at epoch {epochs[best]}")
+                label=f"{_label(name, other)}\n  best {accuracy[best]:.3f} at epoch {epochs[best]}"
+                      + (f"\n  mean of {seeds} seeds (of those still training at an epoch), band min-max" if seeds > 1 else ""))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")

@@ -154,3 +154,56 @@ def single_class_warning(predicted: np.ndarray, classes: tuple[str, ...] | list[
         return None
     return (f"warning: the model predicts {classes[int(values[0])]!r} for every one of the {len(predicted)} {split} "
             "images: it has not learnt to tell the classes apart (see its training curves)")
+
+
+# --- across seeds: the unit is a training run, not a test image -----------------------------------------
+
+MIN_SEEDS = 3  # fewer per group, and no test across seeds is made: its answer would be noise
+
+
+def seed_interval(values: np.ndarray | list[float], level: float = 0.95) -> tuple[float, float]:
+    """Student's t interval for the mean of per-seed scores (NaN for fewer than two)."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    mean, error = values.mean(), values.std(ddof=1) / np.sqrt(len(values))
+    half = float(stats.t.ppf((1 + level) / 2, len(values) - 1) * error)
+    return float(mean - half), float(mean + half)
+
+
+@dataclass
+class SeedTest:
+    """A test of two configurations whose unit is the seed: `a` and `b` hold one score per seed."""
+
+    kind: str  # "paired t over seeds" | "Welch t over seeds"
+    p_value: float
+    effect_size: float  # Cohen's d (paired: the mean difference over the differences' SD)
+    p_improvement: float  # P(A > B) over pairs of seeds (paired: over the shared seeds); ties count half
+
+
+def seed_test(a: np.ndarray, b: np.ndarray, paired: bool) -> SeedTest:
+    """Welch's t-test, or the paired t-test where both ran the same seeds (a[i] and b[i] share a seed)."""
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # no spread at all: handled below
+        if paired:
+            differences = a - b
+            spread = differences.std(ddof=1)
+            p_value = float(stats.ttest_rel(a, b).pvalue)
+            pairs = differences
+            kind = "paired t over seeds"
+        else:
+            spread = np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2))
+            p_value = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+            pairs = (a[:, None] - b[None, :]).ravel()
+            kind = "Welch t over seeds"
+    difference = float(np.mean(a) - np.mean(b))
+    if np.isnan(p_value):  # every seed scored the same in both: nothing differs
+        p_value = 1.0
+    effect = difference / spread if spread > 0 else (0.0 if difference == 0 else float(np.sign(difference)) * np.inf)
+    improvement = float(np.mean((pairs > 0) + 0.5 * (pairs == 0)))
+    return SeedTest(kind, p_value, float(effect), improvement)

@@ -7,6 +7,7 @@ TensorFlow, so comparing many runs takes seconds.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import sys
 from dataclasses import dataclass, field
@@ -18,8 +19,10 @@ import pandas as pd
 
 from fer_bench.config import AugmentConfig
 from fer_bench.errors import RunError
-from fer_bench.evaluation.metrics import bootstrap_scores, confidence_interval, holm_adjusted, mcnemar_exact
+from fer_bench.evaluation.metrics import (MIN_SEEDS, bootstrap_scores, confidence_interval, holm_adjusted, mcnemar_exact,
+                                          seed_interval, seed_test)
 from fer_bench.files import STATUS_FILE
+from fer_bench.reporting.groups import Group, group_runs
 from fer_bench.runs.artifacts import Run, RunDirectory, read_run
 
 METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "weighted_f1")
@@ -93,78 +96,163 @@ def trained_on(environment: dict) -> str:
     return f"{device} ({backend})" if backend and runtime else device
 
 
-def _reference_fingerprint(runs: list[Run]) -> str | None:
-    fingerprints = [r.metrics.get("data_fingerprint") for r in runs]
-    return max(set(fingerprints), key=fingerprints.count) if fingerprints else None
+def test_images(run: Run, split: str) -> str | None:
+    """Which images (and labels) the run was scored on in `split`: runs with the same key are tested against each other."""
+    predictions = run.split_predictions(split)
+    if not len(predictions):
+        return None
+    files = predictions["file"] if "file" in predictions else predictions.index.astype(str)
+    digest = hashlib.sha1("\n".join(f"{f}\t{t}" for f, t in zip(files, predictions["true"])).encode())
+    return digest.hexdigest()[:16]
 
 
-def comparison_table(runs: list[Run], split: str, num_resamples: int = 1000) -> pd.DataFrame:
-    """One row per run with its scores on `split`, 95% bootstrap intervals and key settings."""
-    reference = _reference_fingerprint(runs)
+def _reference(values: list[str | None]) -> str | None:
+    present = [v for v in values if v is not None]
+    return max(set(present), key=present.count) if present else None
+
+
+DATA_LABELS = {"same": "same", "train": "other train data", "different": "DIFFERENT"}
+
+
+def _data_label(run: Run, split: str, fingerprint: str | None, images: str | None) -> str:
+    """same: the reference data; other train data: scored on the same images, trained on others; DIFFERENT: other images."""
+    if test_images(run, split) != images:
+        return DATA_LABELS["different"]
+    return DATA_LABELS["same"] if run.metrics.get("data_fingerprint") == fingerprint else DATA_LABELS["train"]
+
+
+def run_row(run: Run, split: str, num_resamples: int) -> dict[str, Any]:
+    """One run's scores on `split`, with 95% bootstrap intervals over the split's images."""
+    scores = run.metrics.get(split) or {}
+    row: dict[str, Any] = {
+        "name": run.name, "model": run.metrics.get("model", "?"), "settings": _settings(run), "seeds": 1,
+        **{metric: scores.get(metric, np.nan) for metric in METRICS},
+        "accuracy_no_duplicates": (run.metrics.get(f"{split}_unique") or {}).get("accuracy", np.nan),
+        "images": scores.get("count", 0),
+        "parameters": run.metrics.get("parameters"),
+        "training_seconds": run.metrics.get("training_seconds"),
+        # An evaluation's model trained where its run did: environment.json keeps that run's under `trained`.
+        "trained_on": "-" if run.metrics.get("kind") == "ensemble" else trained_on(
+            run.environment.get("trained") or run.environment),
+        "epochs": run.metrics.get("epochs_run"),
+        "interval": "test images",
+    }
+    predictions = run.split_predictions(split)
+    if len(predictions):
+        index = {c: i for i, c in enumerate(run.classes)}
+        y_true = predictions["true"].map(index).to_numpy()
+        y_pred = predictions["predicted"].map(index).to_numpy()
+        samples = bootstrap_scores(y_true, y_pred, len(run.classes), num_resamples)
+        for metric in ("accuracy", "macro_f1"):
+            row[f"{metric}_low"], row[f"{metric}_high"] = confidence_interval(samples[metric])
+    return row
+
+
+SEED_SUMMARIES = (*METRICS, "accuracy_no_duplicates", "training_seconds")
+
+
+def group_row(group: Group, split: str, num_resamples: int) -> dict[str, Any]:
+    """A single run's row; for several seeds, the mean of every score with its SD, range and 95% interval over seeds."""
+    rows = [run_row(run, split, num_resamples) for run in group.runs]
+    if group.single:
+        return rows[0]
+    row = {**rows[0], "name": group.name, "seeds": len(rows), "interval": "seeds",
+           "epochs": float(np.mean([r["epochs"] for r in rows])) if all(r["epochs"] for r in rows) else None}
+    for key in SEED_SUMMARIES:
+        values = np.array([r[key] if r[key] is not None else np.nan for r in rows], dtype=float)
+        row[key] = float(values.mean())
+        row[f"{key}_sd"] = float(values.std(ddof=1))
+        row[f"{key}_min"], row[f"{key}_max"] = float(values.min()), float(values.max())
+        row[f"{key}_low"], row[f"{key}_high"] = seed_interval(values)
+    return row
+
+
+def comparison_table(groups: list[Group], split: str, num_resamples: int = 1000) -> pd.DataFrame:
+    """One row per group of seeds (or single run) with its scores on `split`, intervals and key settings."""
+    runs = [run for group in groups for run in group.runs]
+    fingerprint = _reference([r.metrics.get("data_fingerprint") for r in runs])
+    images = _reference([test_images(r, split) for r in runs])
     rows = []
-    for run in runs:
-        scores = run.metrics.get(split) or {}
-        row: dict[str, Any] = {
-            "name": run.name, "model": run.metrics.get("model", "?"), "settings": _settings(run),
-            **{metric: scores.get(metric, np.nan) for metric in METRICS},
-            "accuracy_no_duplicates": (run.metrics.get(f"{split}_unique") or {}).get("accuracy", np.nan),
-            "images": scores.get("count", 0),
-            "parameters": run.metrics.get("parameters"),
-            "training_seconds": run.metrics.get("training_seconds"),
-            # An evaluation's model trained where its run did: environment.json keeps that run's under `trained`.
-            "trained_on": "-" if run.metrics.get("kind") == "ensemble" else trained_on(
-                run.environment.get("trained") or run.environment),
-            "epochs": run.metrics.get("epochs_run"),
-            "data": "same" if run.metrics.get("data_fingerprint") == reference else "DIFFERENT",
-        }
-        predictions = run.split_predictions(split)
-        if len(predictions):
-            index = {c: i for i, c in enumerate(run.classes)}
-            y_true = predictions["true"].map(index).to_numpy()
-            y_pred = predictions["predicted"].map(index).to_numpy()
-            samples = bootstrap_scores(y_true, y_pred, len(run.classes), num_resamples)
-            for metric in ("accuracy", "macro_f1"):
-                row[f"{metric}_low"], row[f"{metric}_high"] = confidence_interval(samples[metric])
+    for group in groups:
+        row = group_row(group, split, num_resamples)
+        row["data"] = _data_label(group.runs[0], split, fingerprint, images)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def significance_table(runs: list[Run], split: str) -> pd.DataFrame:
-    """McNemar's exact test for every pair of runs scored on the same images of `split`.
+def seeds_table(groups: list[Group], split: str, num_resamples: int = 1000) -> pd.DataFrame:
+    """Every run of every group, one row each: what the group rows summarise (seeds.csv)."""
+    rows = [{"group": group.name, "seed": seed, **run_row(run, split, num_resamples)}
+            for group in groups for run, seed in zip(group.runs, group.seeds)]
+    return pd.DataFrame(rows)
 
-    With many runs, some pairs would pass p < 0.05 by chance alone: each verdict reads the p-value
-    adjusted by Holm's method over the pairs tested on the same data. Each data set is a family of its
-    own, so runs on other data never change the verdicts of the main group.
+
+SIGNIFICANCE_COLUMNS = ["run_a", "run_b", "data", "test", "metric", "seeds_a", "seeds_b", "score_a", "score_b",
+                        "a_right_b_wrong", "a_wrong_b_right", "effect_size", "p_a_better", "p_value", "p_adjusted",
+                        "summary"]
+
+
+def significance_table(groups: list[Group], split: str, metric: str = "accuracy") -> pd.DataFrame:
+    """Every pair of rows scored on the same images of `split`, each with the test that fits it.
+
+    Two single runs: McNemar's exact test on their paired predictions (the unit is the test image).
+    Two groups of at least MIN_SEEDS seeds: a t-test whose unit is the seed (paired where both ran the
+    same seeds, else Welch's), with Cohen's d and P(A > B) over pairs of seeds. Anything else (a group
+    of two seeds, a group against a single run) is "too few seeds to test", never a verdict. With
+    many pairs some would pass p < 0.05 by chance alone: each verdict reads the p-value adjusted by
+    Holm's method over the pairs tested on the same images, each set of images a family of its own.
     """
-    scored = []
-    for run in runs:
-        predictions = run.split_predictions(split)
-        if len(predictions):
-            images = tuple(predictions["file"]) if "file" in predictions else tuple(predictions.index)
-            correct = (predictions["true"] == predictions["predicted"]).to_numpy()
-            scored.append((run, (run.metrics.get("data_fingerprint"), hash(images)), correct))
+    keyed = [(group, test_images(group.runs[0], split)) for group in groups]
     rows = []
-    for (a, key_a, correct_a), (b, key_b, correct_b) in itertools.combinations(scored, 2):
-        if key_a != key_b:
-            continue  # other data or other images: not a paired comparison
-        a_only, b_only, p_value = mcnemar_exact(correct_a, correct_b)
-        rows.append({"run_a": a.name, "run_b": b.name, "data": key_a[0], "accuracy_a": correct_a.mean(),
-                     "accuracy_b": correct_b.mean(), "a_right_b_wrong": a_only, "a_wrong_b_right": b_only,
-                     "p_value": p_value})
-    table = pd.DataFrame(rows, columns=["run_a", "run_b", "data", "accuracy_a", "accuracy_b", "a_right_b_wrong",
-                                        "a_wrong_b_right", "p_value", "p_adjusted", "summary"])
-    families = [table.index[table["data"] == data] for data in table["data"].unique()]
-    for family in families:
+    for (a, key_a), (b, key_b) in itertools.combinations(keyed, 2):
+        if key_a is None or key_a != key_b:
+            continue  # other images: not a paired comparison
+        row: dict[str, Any] = {"run_a": a.name, "run_b": b.name, "data": key_a, "seeds_a": len(a.runs),
+                               "seeds_b": len(b.runs), "metric": metric, "score_a": float(np.mean(a.scores(split, metric))),
+                               "score_b": float(np.mean(b.scores(split, metric)))}
+        if a.single and b.single:
+            correct_a, correct_b = (_correct(g.runs[0], split) for g in (a, b))
+            a_only, b_only, p_value = mcnemar_exact(correct_a, correct_b)
+            # McNemar tests correctness image by image: its scores are accuracies, whatever the headline metric.
+            row.update(metric="accuracy", score_a=float(correct_a.mean()), score_b=float(correct_b.mean()))
+            row.update(test="McNemar over test images", a_right_b_wrong=a_only, a_wrong_b_right=b_only, p_value=p_value)
+        elif min(len(a.runs), len(b.runs)) >= MIN_SEEDS:
+            paired = a.seeds == b.seeds
+            test = seed_test(a.scores(split, metric), b.scores(split, metric), paired)
+            row.update(test=test.kind, effect_size=test.effect_size, p_a_better=test.p_improvement, p_value=test.p_value)
+        else:
+            row.update(test=TOO_FEW, p_value=np.nan)
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=SIGNIFICANCE_COLUMNS)
+    for images in table["data"].unique():
+        family = table.index[(table["data"] == images) & table["p_value"].notna()]
         table.loc[family, "p_adjusted"] = holm_adjusted(table.loc[family, "p_value"].to_numpy(dtype=float))
     table["summary"] = [_verdict(row) for row in table.itertuples(index=False)]
     return table
 
 
+TOO_FEW = "too few seeds to test"
+
+
+def _correct(run: Run, split: str) -> np.ndarray:
+    predictions = run.split_predictions(split)
+    return (predictions["true"] == predictions["predicted"]).to_numpy()
+
+
 def _verdict(row: Any) -> str:
+    if row.test == TOO_FEW:
+        return (f"{row.run_a} vs {row.run_b}: {TOO_FEW} ({int(row.seeds_a)} and {int(row.seeds_b)} seeds; "
+                f"a test across seeds needs at least {MIN_SEEDS} in each)")
+    better, worse = (row.run_a, row.run_b) if row.score_a >= row.score_b else (row.run_b, row.run_a)
+    if row.test.startswith("McNemar"):
+        detail = f"McNemar, adjusted p={row.p_adjusted:.3g}"
+    else:
+        chance = row.p_a_better if better == row.run_a else 1 - row.p_a_better
+        detail = (f"{row.test}, adjusted p={row.p_adjusted:.3g}, effect size d={abs(row.effect_size):.2f}, "
+                  f"P({better} > {worse})={chance:.2f} over {'the shared seeds' if row.test.startswith('paired') else 'pairs of seeds'}")
     if row.p_adjusted < SIGNIFICANCE_LEVEL:
-        better, worse = (row.run_a, row.run_b) if row.accuracy_a >= row.accuracy_b else (row.run_b, row.run_a)
-        return f"{better} beats {worse} (adjusted p={row.p_adjusted:.3g})"
-    return f"{row.run_a} vs {row.run_b}: no significant difference (adjusted p={row.p_adjusted:.3g})"
+        return f"{better} beats {worse} ({detail})"
+    return f"{row.run_a} vs {row.run_b}: no significant difference ({detail})"
 
 
 def neighbour_verdicts(significance: pd.DataFrame, order: list[str]) -> list[str]:
@@ -176,37 +264,46 @@ def neighbour_verdicts(significance: pd.DataFrame, order: list[str]) -> list[str
 
 
 def significance_text(significance: pd.DataFrame, order: list[str]) -> list[str]:
-    """What compare says of significance: how the tests were made, then the verdicts for neighbouring runs."""
+    """What compare says of significance: how the tests were made, then the verdicts for neighbouring rows."""
     if significance.empty:
         return []
-    sizes = significance["data"].value_counts(sort=False)
+    tested = significance[significance["p_value"].notna()]
+    sizes = tested["data"].value_counts(sort=False)
     pairs = " and ".join(f"{n} pair{'s' * (n > 1)}" for n in sizes)
-    family = (f"for the {pairs} tested" if len(sizes) == 1
-              else f"within each data set ({pairs} tested on {len(sizes)} data sets)")
-    return [f"McNemar's exact test on the same images, p adjusted by Holm's method {family}; "
-            "here runs next to each other in the table, every pair in significance.csv:",
+    family = (f"for the {pairs} tested" if len(sizes) <= 1
+              else f"within each set of test images ({pairs} tested on {len(sizes)} sets)")
+    kinds = [kind for kind in ("McNemar over test images", "paired t over seeds", "Welch t over seeds")
+             if (significance["test"] == kind).any()]
+    how = {"McNemar over test images": "McNemar's exact test on the same images for single runs",
+           "paired t over seeds": "a paired t-test over seeds for groups that ran the same seeds",
+           "Welch t over seeds": "Welch's t-test over seeds for groups that did not"}
+    return [f"{'; '.join(how[k] for k in kinds) or 'no test'}; p adjusted by Holm's method {family}; "
+            "here rows next to each other in the table, every pair in significance.csv:",
             *neighbour_verdicts(significance, order)]
 
 
 def markdown_table(table: pd.DataFrame, metric: str) -> str:
     """The comparison as a Markdown table (also what the console shows)."""
-    header = ["#", "run", "model", "settings", "accuracy (95% CI)", "macro-F1 (95% CI)", "balanced acc.",
-              "acc. w/o duplicates", "params", "train time", "trained on", "epochs", "data"]
+    header = ["#", "run", "model", "settings", "seeds", "accuracy (95% CI)", "acc. SD over seeds", "macro-F1 (95% CI)",
+              "balanced acc.", "acc. w/o duplicates", "params", "train time", "trained on", "epochs", "data"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     ranks = iter(range(1, len(table) + 1))
     for row in table.itertuples(index=False):
-        rank = "-" if row.data == "DIFFERENT" else next(ranks)  # not ranked among runs on other data
+        rank = "-" if row.data == DATA_LABELS["different"] else next(ranks)  # not ranked among runs on other images
         def interval(name: str) -> str:
             value = getattr(row, name)
             low, high = getattr(row, f"{name}_low", np.nan), getattr(row, f"{name}_high", np.nan)
-            return f"{value:.4f}" + (f" ({low:.3f}-{high:.3f})" if not np.isnan(low) else "")
+            return f"{value:.4f}" + (f" ({low:.3f}-{high:.3f})" if not pd.isna(low) else "")
 
         params = f"{row.parameters / 1e6:.2f}M" if row.parameters and not pd.isna(row.parameters) else "-"
         seconds = row.training_seconds
         duration = f"{seconds / 60:.1f} min" if seconds and not pd.isna(seconds) else "-"
-        epochs = str(int(row.epochs)) if row.epochs and not pd.isna(row.epochs) else "-"
+        epochs = (f"{row.epochs:.0f}" if row.epochs == int(row.epochs) else f"{row.epochs:.1f}") \
+            if row.epochs and not pd.isna(row.epochs) else "-"
+        spread = getattr(row, "accuracy_sd", np.nan)
         lines.append("| " + " | ".join([
-            str(rank), row.name, row.model, row.settings, interval("accuracy"), interval("macro_f1"),
+            str(rank), row.name, row.model, row.settings, str(int(row.seeds)), interval("accuracy"),
+            f"{spread:.4f}" if not pd.isna(spread) else "-", interval("macro_f1"),
             f"{row.balanced_accuracy:.4f}", f"{row.accuracy_no_duplicates:.4f}", params, duration, row.trained_on, epochs, row.data,
         ]) + " |")
     return "\n".join(lines) + "\n"
@@ -219,11 +316,13 @@ class Comparison:
     split: str
     metric: str
     runs: list[Run]
-    table: pd.DataFrame  # one row per run, in the order shown
-    significance: pd.DataFrame  # every pair tested
+    groups: list[Group]  # in the order of `table`
+    table: pd.DataFrame  # one row per group of seeds (or single run), in the order shown
+    seeds: pd.DataFrame  # one row per run: what each group row summarises
+    significance: pd.DataFrame  # every pair of rows on the same test images, with the test that fits it
     markdown: str  # the table as the console and comparison.md show it
     notes: list[str]
-    significance_text: list[str]  # how the tests were made, then the verdicts for neighbouring runs
+    significance_text: list[str]  # how the tests were made, then the verdicts for neighbouring rows
     figures: dict[str, Any] = field(default_factory=dict)  # file name -> matplotlib Figure
 
     def document(self) -> str:
@@ -234,43 +333,68 @@ class Comparison:
 
 
 def build_comparison(root: Path, split: str = "test", metric: str = "accuracy", sort: str | None = None) -> Comparison:
-    """Compare every finished run under `root` (recursively): nothing is written."""
+    """Compare every finished run under `root` (recursively), seeds of one configuration as one row: nothing is written."""
     from fer_bench.evaluation import charts
 
     runs = find_runs(root)
-    table = comparison_table(runs, split)
+    groups = group_runs(runs)
+    table = comparison_table(groups, split)
     sort = sort or metric
     table = table.sort_values(sort, ascending=sort in ("name", "training_seconds", "parameters"), kind="stable")
-    # Runs on other data are not ranked among the rest: they follow them, in the same order.
-    table = table.sort_values("data", key=lambda data: data == "DIFFERENT", kind="stable").reset_index(drop=True)
+    # Rows scored on other images are not ranked among the rest: they follow them, in the same order.
+    table = table.sort_values("data", key=lambda data: data == DATA_LABELS["different"], kind="stable")
+    table = table.reset_index(drop=True)
     order = {name: i for i, name in enumerate(table["name"])}
-    runs.sort(key=lambda r: order[r.name])
-    significance = significance_table(runs, split)
+    groups.sort(key=lambda g: order[g.name])
+    significance = significance_table(groups, split, metric)
     notes = []
-    if (table["data"] == "DIFFERENT").any():
-        notes.append("Runs marked DIFFERENT were made on other data (their data fingerprint differs); "
-                     "their numbers are not comparable with the rest.")
-    other_data = dict(zip(table["name"], table["data"] == "DIFFERENT"))
-    names, other = [r.name for r in runs], [other_data[r.name] for r in runs]
+    if (table["seeds"] > 1).any():
+        notes.append("A row with several seeds is a group: one configuration trained with each seed; its scores are "
+                     "the mean over seeds and its 95% interval is Student's t over seeds (single runs: bootstrap over "
+                     "the test images). Every seed is in seeds.csv.")
+    if (table["data"] == DATA_LABELS["train"]).any():
+        notes.append("Rows marked 'other train data' were scored on the same test images but trained on other "
+                     "images (their data fingerprint differs): they are ranked and tested, and the mark says so.")
+    if (table["data"] == DATA_LABELS["different"]).any():
+        notes.append("Rows marked DIFFERENT were scored on other test images; their numbers are not comparable "
+                     "with the rest.")
+    other = [table.loc[order[g.name], "data"] == DATA_LABELS["different"] for g in groups]
+    names = [g.name for g in groups]
     figures = {
-        "comparison.png": charts.comparison_figure(table, split),
-        "per_class_f1.png": charts.per_class_f1_figure(
-            names, [r.metrics.get(split, {}).get("per_class", {}) for r in runs], split, other),
+        "comparison.png": charts.comparison_figure(table, split, seed_scores={
+            g.name: {m: g.scores(split, m) for m in ("accuracy", "macro_f1")} for g in groups if not g.single}),
+        "per_class_f1.png": charts.per_class_f1_figure(names, [_per_class_f1(g, split) for g in groups], split, other),
         "confusion_matrices.png": charts.confusion_grid_figure(
-            names, [_confusion(r, split) for r in runs], [r.classes for r in runs], split, other),
+            names, [sum(_confusion(r, split) for r in g.runs) for g in groups], [g.runs[0].classes for g in groups],
+            split, other),
     }
-    curves = [r for r in runs if r.history is not None and "val_accuracy" in r.history]
+    curves = [(g, o) for g, o in zip(groups, other)
+              if all(r.history is not None and "val_accuracy" in r.history for r in g.runs)]
     if curves:
         figures["training_curves.png"] = charts.validation_curves_figure(
-            [(r.name, r.history) for r in curves], [other_data[r.name] for r in curves])
-    return Comparison(split, metric, runs, table, significance, markdown_table(table, metric), notes,
-                      significance_text(significance, list(table["name"])), figures)
+            [(g.name, [r.history for r in g.runs]) for g, _ in curves], [o for _, o in curves])
+    return Comparison(split, metric, runs, groups, table, seeds_table(groups, split), significance,
+                      markdown_table(table, metric), notes, significance_text(significance, list(table["name"])), figures)
+
+
+def _per_class_f1(group: Group, split: str) -> dict:
+    """Per-class F1 of a run, or its mean over a group's seeds (with the SD beside it)."""
+    scores = [r.metrics.get(split, {}).get("per_class", {}) for r in group.runs]
+    if group.single:
+        return scores[0]
+    classes = list(dict.fromkeys(c for s in scores for c in s))
+    merged = {}
+    for c in classes:
+        values = np.array([s.get(c, {}).get("f1", np.nan) for s in scores], dtype=float)
+        merged[c] = {"f1": float(np.nanmean(values)), "f1_sd": float(np.nanstd(values, ddof=1))}
+    return merged
 
 
 def write_comparison(comparison: Comparison, out: Path) -> Path:
-    """comparison.csv, comparison.md, significance.csv and the figures, into `out` (each file atomically)."""
+    """comparison.csv, seeds.csv, comparison.md, significance.csv and the figures, into `out` (each atomically)."""
     folder = RunDirectory(Path(out)).create()
     folder.write_table("comparison.csv", comparison.table)
+    folder.write_table("seeds.csv", comparison.seeds)
     folder.write_text("comparison.md", comparison.document())
     folder.write_table("significance.csv", comparison.significance)
     for name, figure in comparison.figures.items():

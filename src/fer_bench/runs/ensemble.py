@@ -12,6 +12,21 @@ from fer_bench.files import METRICS_FILE
 from fer_bench.runs.artifacts import RunDirectory, environment_record, now, read_run, write_evaluation
 
 
+def group_members(folder: Path) -> list[Path]:
+    """The finished runs under `folder` (a sweep's group: its seeds), not counting evaluations inside them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RunError(f"--group {folder}: no such folder")
+    members = sorted(status.parent for status in folder.rglob("status.json")
+                     if "eval" not in status.parent.relative_to(folder).parts and RunDirectory(status.parent).state() == "finished"
+                     and status.parent != folder)
+    # A feature run keeps the CNN it trained first inside its folder: that stage is part of its run, not a member.
+    members = [m for m in members if not any(other in m.parents for other in members)]
+    if not members:
+        raise RunError(f"--group {folder}: no finished runs under it")
+    return members
+
+
 def ensemble_runs(run_paths: list[Path], name: str, results_dir: Path | None = None) -> tuple[Path, dict]:
     """Average the members' probabilities (from predictions.csv, no re-inference) and write a run folder."""
     if len(run_paths) < 2:

@@ -354,8 +354,9 @@ class RayExecutor(Executor):
         if self.address:
             options["address"] = self.address
         else:
-            # A private instance on the loopback address: nothing on this machine's network hears it.
-            options.update(_node_ip_address="127.0.0.1", include_dashboard=False)
+            # A private instance of its own ("local": never a cluster that happens to run here), on the loopback
+            # address, so that nothing on this machine's network hears it.
+            options.update(address="local", _node_ip_address="127.0.0.1", include_dashboard=False)
         try:
             ray.init(**options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
