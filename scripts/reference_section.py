@@ -65,6 +65,32 @@ def run_rows(results: Path) -> list[str]:
     return rows
 
 
+def seed_rows(results: Path) -> list[str]:
+    """Each group of seeds in compare's comparison.csv: its spread over seeds beside one run's interval over test images."""
+    import pandas as pd
+
+    table, seeds = pd.read_csv(results / "comparison.csv"), pd.read_csv(results / "seeds.csv")
+    rows = []
+    for group in table[table["seeds"] > 1].itertuples(index=False):
+        runs = seeds[seeds["group"] == group.name]
+        sample = float(((runs["accuracy_high"] - runs["accuracy_low"]) / 2).mean())
+        seed_half = (group.accuracy_high - group.accuracy_low) / 2
+        spread = 1.96 * group.accuracy_sd  # where one run's score falls, seed to seed
+        larger = "the seed" if spread > sample else "the test sample"
+        rows.append(f"| {group.name} | {group.seeds} | {group.accuracy:.4f} | {group.accuracy_sd:.4f} | "
+                    f"{group.accuracy_min:.4f}-{group.accuracy_max:.4f} | ±{spread:.4f} | ±{sample:.4f} | {larger} | "
+                    f"±{seed_half:.4f} |")
+    return rows
+
+
+def seed_verdicts(results: Path) -> list[str]:
+    import pandas as pd
+
+    significance = pd.read_csv(results / "significance.csv")
+    tested = significance[(significance["seeds_a"] > 1) & (significance["seeds_b"] > 1)]
+    return [f"- {summary}" for summary in tested["summary"]]
+
+
 def section(results: Path) -> str:
     comparison = (results / "comparison.md").read_text().strip().splitlines()
     # compare's own headings become bold lines, so README keeps its heading structure.
@@ -72,6 +98,13 @@ def section(results: Path) -> str:
     lines = [*body, "",
              "| run | how it was trained | hardware | wall time | PrivateTest accuracy | with test-time augmentation |",
              "|---|---|---|---|---|---|", *run_rows(results), ""]
+    groups = seed_rows(results)
+    if groups:
+        lines += ["| configuration | seeds | PrivateTest accuracy, mean | SD over seeds | min-max | one run's score, seed "
+                  "to seed (±1.96 SD) | one run's 95% interval over the test images (mean over its seeds) | moves a "
+                  "run's score more | 95% interval of the mean over seeds |", "|---|---|---|---|---|---|---|---|---|",
+                  *groups, "",
+                  "What compare concludes between the groups:", "", *seed_verdicts(results), ""]
     return "\n".join(lines)
 
 

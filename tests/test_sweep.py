@@ -265,3 +265,19 @@ def test_a_sweep_survives_a_killed_worker_and_ctrl_c_and_gives_the_same_metrics_
     # The seeds train on the same images: the subset follows data.seed, not train.seed.
     assert len({m["data_fingerprint"] for m in by_local.values()}) == 1
     assert not [p for p in (tmp_path / "ray" / name).rglob("*") if ".staging" in p.name]
+
+
+def test_the_seed_moves_the_subset_only_when_data_seed_is_null(fer_folder):
+    from fer_bench.data.dataset import load_data
+    from fer_bench.experiment import data_config, load_experiment, seed_moves
+
+    def subset(*sets):
+        exp = load_experiment(CONFIGS / "custom_cnn_aug.yaml", ["data.max_per_class=3", *sets])
+        return exp, load_data(data_config(exp), exp.classes, fer_folder, progress=False).fingerprint
+
+    (first, a), (_, b) = subset("train.seed=1"), subset("train.seed=2")
+    assert a == b  # data.seed (42) draws the subset: the seeds train on the same images
+    assert seed_moves(first) == ["initialisation", "data order", "dropout", "augmentation"]
+    (followed, c), (_, d) = subset("train.seed=1", "data.seed=null"), subset("train.seed=2", "data.seed=null")
+    assert c != d and data_config(followed).seed == 1
+    assert seed_moves(followed)[-1] == "the data's subset and split (data.seed: null)"

@@ -155,7 +155,7 @@ def compare(
     typer.echo(comparison.markdown)
     for line in [*comparison.notes, *comparison.significance_text]:
         typer.echo(line)
-    typer.echo(f"wrote comparison.csv, comparison.md, significance.csv and charts to {folder}")
+    typer.echo(f"wrote comparison.csv, seeds.csv, comparison.md, significance.csv and charts to {folder}")
 
 
 @app.command()

@@ -108,8 +108,9 @@ class DataConfig:
     validation_fraction: float = _field(0.1, Interval(0.0, 0.5, low_open=True),
                                         "stratified split of train, used only when the source has no PublicTest")
     max_per_class: int | None = _field(None, Interval(1), "keep at most this many images per class and split")
-    seed: int = _field(42, Interval(0), "draws the max_per_class subset and, where the source has no PublicTest, "
-                                        "the validation split; apart from train.seed, so that seeds train on the same images")
+    seed: int | None = _field(42, Interval(0), "draws the max_per_class subset and, where the source has no PublicTest, "
+                                               "the validation split; apart from train.seed, so that seeds train on the same "
+                                               "images (null: follow train.seed, so that the seed moves the subset too)")
     cache: bool = _field(True, doc="cache decoded arrays on disk, keyed by a fingerprint of the source")
 
 

@@ -11,7 +11,7 @@ import dataclasses
 import importlib.util
 from pathlib import Path
 
-from fer_bench.config import Experiment, read_config
+from fer_bench.config import DataConfig, Experiment, read_config
 from fer_bench.errors import ConfigError
 from fer_bench.models.registry import MODELS, check_model_config
 
@@ -25,6 +25,22 @@ def model_kind(name: str) -> str:
     if name in CLASSIFIERS:
         return "features"
     raise ConfigError(f"model.name: unknown {name!r}; choose from {sorted(MODELS) + sorted(CLASSIFIERS)}")
+
+
+def data_config(exp: Experiment) -> DataConfig:
+    """The data section as loaded: `data.seed: null` follows `train.seed` (the subset moves with the seed)."""
+    return exp.data if exp.data.seed is not None else dataclasses.replace(exp.data, seed=exp.train.seed)
+
+
+def seed_moves(exp: Experiment) -> list[str]:
+    """What `train.seed` changes in this experiment: recorded with the run, so a spread over seeds reads right."""
+    if model_kind(exp.model.name) == "features":
+        moves = ["the classifier's own randomness"] + (["the first-stage CNN"] if exp.features.extractor == "cnn" else [])
+    else:
+        moves = ["initialisation", "data order", "dropout"] + (["augmentation"] if exp.augment.enabled else [])
+    if exp.data.seed is None:
+        moves.append("the data's subset and split (data.seed: null)")
+    return moves
 
 
 # Sections a feature classifier does not read itself: `--set train.epochs=2` on a feature config is meant

@@ -18,7 +18,7 @@ from fer_bench.config import Experiment, from_dict, read_yaml, to_dict
 from fer_bench.data.dataset import FerData, data_notices, load_data
 from fer_bench.errors import FerBenchError, RunError
 from fer_bench.evaluation.metrics import SplitPredictions, classification_metrics, single_class_warning
-from fer_bench.experiment import load_experiment, model_kind
+from fer_bench.experiment import data_config, load_experiment, model_kind, seed_moves
 from fer_bench.files import METRICS_FILE
 from fer_bench.runs.artifacts import RunDirectory, environment_record, now, numbered_siblings, write_evaluation
 
@@ -148,7 +148,7 @@ def _run_locked(exp: Experiment, run: RunDirectory, data_dir: str | Path | None,
         restart = True
     clock = time.perf_counter()
     try:
-        data = data or load_data(exp.data, exp.classes, data_dir)
+        data = data or load_data(data_config(exp), exp.classes, data_dir)
     except BaseException:
         if run.made is not None:
             # The folders were made here only to hold the lock: a bad data source leaves no trace behind.
@@ -300,6 +300,7 @@ def _train_and_evaluate(exp: Experiment, run: RunDirectory, data: FerData, start
 
     run.write_json("environment.json", {
         **environment_record(), **trained.environment, "data": data.record(), "seed": exp.train.seed,
+        "seed_moves": seed_moves(exp),
         "started": started, "finished": now(), "seconds": seconds, **({"resumed": resumes} if resumes else {}),
         **({"worker": provenance["worker"]} if provenance.get("worker") else {}),
     })

@@ -7,6 +7,7 @@ It is rewritten (atomically) after every event, so it is true even after the dri
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -14,10 +15,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fer_bench.config import to_dict
 from fer_bench.console import ProgressBar, duration, terminal
 from fer_bench.data.dataset import FerData, load_data
 from fer_bench.errors import FerBenchError, RunError
+from fer_bench.experiment import data_config
 from fer_bench.files import METRICS_FILE
 from fer_bench.runs.artifacts import RunDirectory, environment_record, now
 from fer_bench.runs.runner import same_experiment
@@ -163,7 +164,7 @@ def run_sweep(spec: SweepSpec, executor_name: str = "local", jobs: int | None = 
     try:
         earlier = _earlier_attempts(folder)
         entries, tasks = [], []
-        keys = [data_key(to_dict(exp)["data"], exp.classes) for exp in experiments]
+        keys = [data_key(dataclasses.asdict(data_config(exp)), exp.classes) for exp in experiments]
         for trial, exp, key in zip(trials, experiments, keys):
             state, metrics = _earlier_state(trial, folder.path.joinpath(*trial.parts), exp, restart)
             entry = {"id": trial.id, "group": trial.group, "config": str(trial.config), "seed": trial.seed,
@@ -224,7 +225,7 @@ def _load_datasets(tasks: list[TrialTask], experiments: list, keys: list[str],
     for exp, key in zip(experiments, keys):
         if key in needed and key not in datasets:
             tick = time.perf_counter()
-            datasets[key] = data = load_data(exp.data, exp.classes, data_dir)
+            datasets[key] = data = load_data(data_config(exp), exp.classes, data_dir)
             users = sum(task.data_key == key for task in tasks)
             print(f"data: {len(data.train) + len(data.validation) + len(data.test)} images [{data.fingerprint}] "
                   f"loaded once for {users} trial{'s' if users > 1 else ''} in {time.perf_counter() - tick:.1f}s",

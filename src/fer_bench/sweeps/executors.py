@@ -162,8 +162,8 @@ class LocalExecutor(Executor):
         slots = local_slots(self.jobs)[:max(len(tasks), 1)]
         logs = sweep_dir / "workers"
         logs.mkdir(parents=True, exist_ok=True)
-        monitor.note(f"local: {len(slots)} worker{'s' if len(slots) > 1 else ''}, "
-                     f"{slots[0].describe()} each; worker logs in {logs}")
+        share = f"{slots[0].describe()} each" if len(slots) > 1 else slots[0].describe()
+        monitor.note(f"local: {len(slots)} worker{'s' if len(slots) > 1 else ''}, {share}; worker logs in {logs}")
 
         def launch(slot: Slot) -> _Worker:
             ours, theirs = context.Pipe()
