@@ -5,6 +5,7 @@ worker and Ctrl-C."""
 from __future__ import annotations
 
 import contextlib
+import re
 import json
 import os
 import signal
@@ -281,3 +282,22 @@ def test_the_seed_moves_the_subset_only_when_data_seed_is_null(fer_folder):
     (followed, c), (_, d) = subset("train.seed=1", "data.seed=null"), subset("train.seed=2", "data.seed=null")
     assert c != d and data_config(followed).seed == 1
     assert seed_moves(followed)[-1] == "the data's subset and split (data.seed: null)"
+
+
+@pytest.mark.slow
+def test_a_failing_trial_never_stops_the_others_and_the_sweep_exits_1(tmp_path, smoke_data):
+    garbage = tmp_path / "garbage.weights.h5"
+    garbage.write_bytes(b"not weights")  # exists, so the config is valid; loading it fails once the model is built
+    args = sweep_command(CONFIGS / "custom_cnn.yaml", "--grid", f"model.weights=[null, {garbage}]", "--data-dir",
+                         smoke_data, "--results-dir", tmp_path / "results", "--name", "mixed", sets=TINY)
+    done = subprocess.run(args, env={**os.environ, "FER_BENCH_CACHE": str(tmp_path / "cache")}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    failed_id = [line for line in done.stdout.splitlines() if " failed " in line][0].split()[0]
+    assert failed_id.startswith("custom_cnn/weights=") and failed_id != "custom_cnn/weights=null"
+    assert f"FAILED   {failed_id}: cannot load weights {garbage}" in done.stderr
+    assert re.search(r"^custom_cnn/weights=null +finished", done.stdout, re.M) and "1 of 2 trials finished" in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == f"error: 1 trial did not finish: {failed_id}"
+    check_run(tmp_path / "results" / "mixed" / "custom_cnn" / "weights=null", ("happy", "sad"))
+    status = json.loads((tmp_path / "results" / "mixed" / failed_id / "status.json").read_text())
+    assert status["state"] == "failed" and "cannot load weights" in status["error"]
