@@ -301,3 +301,17 @@ def test_a_failing_trial_never_stops_the_others_and_the_sweep_exits_1(tmp_path, 
     check_run(tmp_path / "results" / "mixed" / "custom_cnn" / "weights=null", ("happy", "sad"))
     status = json.loads((tmp_path / "results" / "mixed" / failed_id / "status.json").read_text())
     assert status["state"] == "failed" and "cannot load weights" in status["error"]
+
+
+def test_local_workers_own_a_gpu_each_or_split_the_cores(monkeypatch):
+    from fer_bench.sweeps import executors
+
+    monkeypatch.setattr(executors, "usable_cores", lambda: list(range(8)))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    slots = executors.local_slots(None)  # --jobs defaults to one worker per GPU
+    assert [(s.gpu, s.cores) for s in slots] == [("0", (0, 1, 2, 3)), ("1", (4, 5, 6, 7))]
+    assert [s.describe() for s in slots] == ["4 cores, GPU 0", "4 cores, GPU 1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert [(s.gpu, s.cores, s.threads) for s in executors.local_slots(None)] == [(None, tuple(range(8)), 8)]
+    assert [s.cores for s in executors.local_slots(3)] == [(0, 1, 2), (3, 4), (5, 6, 7)]
+    assert [s.cores for s in executors.local_slots(16)][-1] == (7,)  # more workers than cores: they share

@@ -99,12 +99,12 @@ def local_slots(jobs: int | None) -> list[Slot]:
     """Split this machine between `jobs` workers (default: one per GPU, else one)."""
     gpus, cores = visible_gpus(), usable_cores()
     jobs = jobs or max(len(gpus), 1)
-    per = max(len(cores) // jobs, 1)
-    slots = []
-    for index in range(jobs):
-        start = (index * per) % len(cores)
-        slots.append(Slot(index, tuple(cores[start:start + per]), gpus[index % len(gpus)] if gpus else None))
-    return slots
+    if jobs <= len(cores):  # near-equal shares, every core used: 8 cores for 3 workers is 3 + 3 + 2
+        bounds = [round(i * len(cores) / jobs) for i in range(jobs + 1)]
+        shares = [tuple(cores[a:b]) for a, b in zip(bounds, bounds[1:])]
+    else:  # more workers than cores: they take turns on single cores
+        shares = [(cores[i % len(cores)],) for i in range(jobs)]
+    return [Slot(i, share, gpus[i % len(gpus)] if gpus else None) for i, share in enumerate(shares)]
 
 
 def _worker_main(connection: Any, slot: Slot, sweep_dir: str, log_path: str) -> None:
