@@ -89,11 +89,11 @@ def start_jax_side(config) -> None:
     env = {**os.environ, "KERAS_BACKEND": "jax", "FER_BENCH_CACHE": str(work / "cache"), "TF_CPP_MIN_LOG_LEVEL": "2",
            "XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
                         "--xla_force_host_platform_device_count=2"}
-    # At the lowest priority: the worker takes the CPU time the TensorFlow tests leave, not theirs.
+    # At the test processes' own priority: at the lowest, beside two of them on two cores, it was starved and
+    # finished two minutes after them, with the cores idle (measured in CI).
     with open(work / "worker.log", "w") as log:
         process = subprocess.Popen([sys.executable, str(REPO / "tests" / "cli_worker.py"), str(work / "jobs.json"),
-                                    str(work / "results.json")], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   preexec_fn=lambda: os.nice(19))
+                                    str(work / "results.json")], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     config.stash[SIDE] = {"process": process, "work": work}
 
 
