@@ -19,8 +19,7 @@ import pandas as pd
 
 from fer_bench.config import AugmentConfig
 from fer_bench.errors import RunError
-from fer_bench.evaluation.metrics import (MIN_SEEDS, bootstrap_scores, confidence_interval, holm_adjusted, mcnemar_exact,
-                                          seed_interval, seed_test)
+from fer_bench.evaluation.metrics import MIN_SEEDS, bootstrap_scores, confidence_interval, holm_adjusted, mcnemar_exact, seed_interval, seed_test
 from fer_bench.files import STATUS_FILE
 from fer_bench.reporting.groups import Group, group_runs
 from fer_bench.runs.artifacts import Run, RunDirectory, read_run
@@ -151,15 +150,20 @@ def run_row(run: Run, split: str, num_resamples: int) -> dict[str, Any]:
 SEED_SUMMARIES = (*METRICS, "accuracy_no_duplicates", "training_seconds")
 
 
-def group_row(group: Group, split: str, num_resamples: int) -> dict[str, Any]:
+def run_rows(groups: list[Group], split: str, num_resamples: int = 1000) -> dict[str, dict[str, Any]]:
+    """Every run's own row (with its bootstrap, the costly part), made once for both tables."""
+    return {run.name: run_row(run, split, num_resamples) for group in groups for run in group.runs}
+
+
+def group_row(group: Group, rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """A single run's row; for several seeds, the mean of every score with its SD, range and 95% interval over seeds."""
-    rows = [run_row(run, split, num_resamples) for run in group.runs]
+    members = [rows[run.name] for run in group.runs]
     if group.single:
-        return rows[0]
-    row = {**rows[0], "name": group.name, "seeds": len(rows), "interval": "seeds",
-           "epochs": float(np.mean([r["epochs"] for r in rows])) if all(r["epochs"] for r in rows) else None}
+        return dict(members[0])
+    row = {**members[0], "name": group.name, "seeds": len(members), "interval": "seeds",
+           "epochs": float(np.mean([r["epochs"] for r in members])) if all(r["epochs"] for r in members) else None}
     for key in SEED_SUMMARIES:
-        values = np.array([r[key] if r[key] is not None else np.nan for r in rows], dtype=float)
+        values = np.array([r[key] if r[key] is not None else np.nan for r in members], dtype=float)
         row[key] = float(values.mean())
         row[f"{key}_sd"] = float(values.std(ddof=1))
         row[f"{key}_min"], row[f"{key}_max"] = float(values.min()), float(values.max())
@@ -167,24 +171,25 @@ def group_row(group: Group, split: str, num_resamples: int) -> dict[str, Any]:
     return row
 
 
-def comparison_table(groups: list[Group], split: str, num_resamples: int = 1000) -> pd.DataFrame:
+def comparison_table(groups: list[Group], split: str, rows: dict[str, dict[str, Any]] | None = None) -> pd.DataFrame:
     """One row per group of seeds (or single run) with its scores on `split`, intervals and key settings."""
+    rows = rows if rows is not None else run_rows(groups, split)
     runs = [run for group in groups for run in group.runs]
     fingerprint = _reference([r.metrics.get("data_fingerprint") for r in runs])
     images = _reference([test_images(r, split) for r in runs])
-    rows = []
+    table = []
     for group in groups:
-        row = group_row(group, split, num_resamples)
+        row = group_row(group, rows)
         row["data"] = _data_label(group.runs[0], split, fingerprint, images)
-        rows.append(row)
-    return pd.DataFrame(rows)
+        table.append(row)
+    return pd.DataFrame(table)
 
 
-def seeds_table(groups: list[Group], split: str, num_resamples: int = 1000) -> pd.DataFrame:
+def seeds_table(groups: list[Group], split: str, rows: dict[str, dict[str, Any]] | None = None) -> pd.DataFrame:
     """Every run of every group, one row each: what the group rows summarise (seeds.csv)."""
-    rows = [{"group": group.name, "seed": seed, **run_row(run, split, num_resamples)}
-            for group in groups for run, seed in zip(group.runs, group.seeds)]
-    return pd.DataFrame(rows)
+    rows = rows if rows is not None else run_rows(groups, split)
+    return pd.DataFrame([{"group": group.name, "seed": seed, **rows[run.name]}
+                         for group in groups for run, seed in zip(group.runs, group.seeds)])
 
 
 SIGNIFICANCE_COLUMNS = ["run_a", "run_b", "data", "test", "metric", "seeds_a", "seeds_b", "score_a", "score_b",
@@ -338,7 +343,8 @@ def build_comparison(root: Path, split: str = "test", metric: str = "accuracy", 
 
     runs = find_runs(root)
     groups = group_runs(runs)
-    table = comparison_table(groups, split)
+    rows = run_rows(groups, split)
+    table = comparison_table(groups, split, rows)
     sort = sort or metric
     table = table.sort_values(sort, ascending=sort in ("name", "training_seconds", "parameters"), kind="stable")
     # Rows scored on other images are not ranked among the rest: they follow them, in the same order.
@@ -373,7 +379,7 @@ def build_comparison(root: Path, split: str = "test", metric: str = "accuracy", 
     if curves:
         figures["training_curves.png"] = charts.validation_curves_figure(
             [(g.name, [r.history for r in g.runs]) for g, _ in curves], [o for _, o in curves])
-    return Comparison(split, metric, runs, groups, table, seeds_table(groups, split), significance,
+    return Comparison(split, metric, runs, groups, table, seeds_table(groups, split, rows), significance,
                       markdown_table(table, metric), notes, significance_text(significance, list(table["name"])), figures)
 
 

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -61,8 +60,6 @@ class Group:
     def scores(self, split: str, metric: str) -> np.ndarray:
         return np.array([(r.metrics.get(split) or {}).get(metric, np.nan) for r in self.runs], dtype=float)
 
-    def values(self, read: Any) -> np.ndarray:
-        return np.array([read(r) for r in self.runs], dtype=float)
 
 
 def _name(runs: list[Run]) -> str:

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fer_bench.console import ProgressBar, duration, terminal
+from fer_bench.config import Experiment
+from fer_bench.console import ProgressBar, duration
 from fer_bench.data.dataset import FerData, load_data
 from fer_bench.errors import FerBenchError, RunError
 from fer_bench.experiment import data_config
@@ -63,8 +64,7 @@ class Progress:
         self.bar = ProgressBar(self.to_run, "sweep")
 
     def _say(self, line: str) -> None:
-        if terminal() is not None:
-            self.bar.close()
+        self.bar.close()  # wipes the live line (on a terminal only) before the plain one
         print(line, file=sys.stderr, flush=True)
         self.tick(force=True)
 
@@ -130,7 +130,7 @@ class Manifest:
         self.folder.write_json(MANIFEST, {**self.record, "updated": now(), "trials": list(self.trials.values())})
 
 
-def _earlier_state(trial: Trial, folder: Path, exp: object, restart: bool) -> tuple[str, dict | None]:
+def _earlier_state(trial: Trial, folder: Path, exp: Experiment, restart: bool) -> tuple[str, dict | None]:
     """('finished', metrics) for a trial an earlier sweep finished with this very config; else ('pending', None)."""
     run = RunDirectory(folder)
     state = run.state() if folder.is_dir() else None
