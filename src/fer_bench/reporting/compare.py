@@ -20,9 +20,8 @@ import pandas as pd
 from fer_bench.config import AugmentConfig
 from fer_bench.errors import RunError
 from fer_bench.evaluation.metrics import MIN_SEEDS, bootstrap_scores, confidence_interval, holm_adjusted, mcnemar_exact, seed_interval, seed_test
-from fer_bench.files import STATUS_FILE
 from fer_bench.reporting.groups import Group, group_runs
-from fer_bench.runs.artifacts import Run, RunDirectory, read_run
+from fer_bench.runs.artifacts import Run, RunDirectory, read_run, run_folders
 
 METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "weighted_f1")
 SORT_KEYS = (*METRICS, "name", "training_seconds", "parameters")
@@ -35,10 +34,7 @@ def find_runs(root: Path) -> list[Run]:
     if not root.is_dir():
         raise RunError(f"results directory not found: {root}")
     runs = []
-    for status in sorted(root.rglob(STATUS_FILE)):
-        folder = status.parent
-        if "eval" in folder.relative_to(root).parts[:-1]:
-            continue  # cross-dataset evaluations live inside a run; they are not runs of their own
+    for folder in run_folders(root):
         name = str(folder.relative_to(root)) if folder != root else folder.name
         try:
             runs.append(read_run(folder, name))

@@ -348,6 +348,14 @@ class Run:
         return self.predictions[self.predictions["split"] == split]
 
 
+def run_folders(root: Path) -> list[Path]:
+    """Every folder under `root` (recursively, `root` too) that holds a run's status.json, in sorted order;
+    cross-dataset evaluations (a run's eval/ folder) are part of their run, not runs of their own."""
+    root = Path(root)
+    return [status.parent for status in sorted(root.rglob(STATUS_FILE))
+            if "eval" not in status.parent.relative_to(root).parts[:-1]]
+
+
 def read_run(path: Path, name: str) -> Run:
     """Load one run folder, or raise RunError saying why it cannot be compared."""
     import pandas as pd

@@ -9,7 +9,7 @@ import numpy as np
 from fer_bench.errors import RunError
 from fer_bench.evaluation.metrics import SplitPredictions
 from fer_bench.files import METRICS_FILE
-from fer_bench.runs.artifacts import RunDirectory, environment_record, now, read_run, write_evaluation
+from fer_bench.runs.artifacts import RunDirectory, environment_record, now, read_run, run_folders, write_evaluation
 
 
 def group_members(folder: Path) -> list[Path]:
@@ -17,9 +17,7 @@ def group_members(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise RunError(f"--group {folder}: no such folder")
-    members = sorted(status.parent for status in folder.rglob("status.json")
-                     if "eval" not in status.parent.relative_to(folder).parts and RunDirectory(status.parent).state() == "finished"
-                     and status.parent != folder)
+    members = [run for run in run_folders(folder) if run != folder and RunDirectory(run).state() == "finished"]
     # A feature run keeps the CNN it trained first inside its folder: that stage is part of its run, not a member.
     members = [m for m in members if not any(other in m.parents for other in members)]
     if not members:
