@@ -147,7 +147,8 @@ def comparison_figure(table, split: str, seed_scores: dict[str, dict[str, np.nda
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     if seed_scores:
-        ax.set_xlabel(f"{split} score; error bars: 95% interval, over seeds for a group (mean of its seeds, dots), "
+        # Two lines: on one, the label ran past the figure's edge.
+        ax.set_xlabel(f"{split} score; error bars: 95% interval, over seeds for a group (its mean; dots: its seeds),\n"
                       f"over {split} images for a single run")
     else:
         ax.set_xlabel(f"{split} score (error bars: 95% bootstrap interval over {split} images)")
