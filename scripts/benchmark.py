@@ -381,8 +381,9 @@ def _median_seconds(args: list[str], repeats: int = 5) -> float:
     return round(statistics.median(times), 3)
 
 
-def make_runs(root: Path, count: int) -> None:
-    """`count` finished run folders shaped like real FER-2013 runs (3,589 validation and test images)."""
+def make_runs(root: Path, count: int, seeds: int = 1) -> None:
+    """`count` finished run folders shaped like real FER-2013 runs (3,589 validation and test images): `count /
+    seeds` configurations (learning rates) trained with `seeds` seeds each, so that `compare` sees groups."""
     import numpy as np
     import pandas as pd
 
@@ -391,16 +392,19 @@ def make_runs(root: Path, count: int) -> None:
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 7, 3589)
+    files = [f"PrivateTest_{i:05d}.jpg" for i in range(3589)]
     for number in range(count):
-        run = root / f"run-{number:02d}"
+        config, seed = divmod(number, seeds)
+        run = root / (f"run-{config:04d}" + (f"/seed={seed}" if seeds > 1 else ""))
         run.mkdir(parents=True)
+        skill = rng.random() * 2
         frames = []
         for split in ("validation", "test"):
             probabilities = rng.dirichlet(np.ones(7), size=3589)
-            probabilities[np.arange(3589), labels] += rng.random() * 2
+            probabilities[np.arange(3589), labels] += skill
             probabilities /= probabilities.sum(axis=1, keepdims=True)
             predicted = probabilities.argmax(axis=1)
-            frame = pd.DataFrame({"split": split, "index": np.arange(3589), "file": [f"img{i}" for i in range(3589)],
+            frame = pd.DataFrame({"split": split, "index": np.arange(3589), "file": files,
                                   "true": np.array(EMOTIONS)[labels], "predicted": np.array(EMOTIONS)[predicted]})
             for column, name in enumerate(EMOTIONS):
                 frame[f"p_{name}"] = probabilities[:, column].round(6)
@@ -413,9 +417,10 @@ def make_runs(root: Path, count: int) -> None:
                    "parameters": 1_000_000, "training_seconds": 600.0, "epochs_run": 20,
                    **score_splits(predictions, EMOTIONS)}
         (run / "metrics.json").write_text(json.dumps(metrics))
-        pd.DataFrame({"epoch": range(1, 21), "phase": "train", "val_accuracy": rng.random(20)}).to_csv(
-            run / "history.csv", index=False)
-        (run / "config.yaml").write_text("model: {name: custom_cnn}\n")
+        pd.DataFrame({"epoch": range(1, 21), "phase": "train", "accuracy": rng.random(20),
+                      "val_accuracy": rng.random(20)}).to_csv(run / "history.csv", index=False)
+        (run / "config.yaml").write_text(f"model: {{name: custom_cnn}}\ntrain: {{learning_rate: {(config + 1) * 1e-5:.5f}, "
+                                         f"seed: {seed}}}\n")
         (run / "status.json").write_text('{"state": "finished"}')
 
 

@@ -341,3 +341,83 @@ def test_ensemble_of_a_group_averages_every_seed_under_its_folder(trained_runs, 
     assert [Path(m).name for m in metrics["members"]] == ["seed=0", "seed=1"]
     empty = invoke("ensemble", "--group", tmp_path / "nothing", "--name", "x")
     assert empty.exit_code == 1 and empty.output.strip() == f"error: --group {tmp_path / 'nothing'}: no such folder"
+
+
+def test_over_thirty_rows_each_row_is_tested_against_the_next_and_the_best_only():
+    from fer_bench.reporting.compare import ALL_PAIRS_UP_TO, tested_pairs
+
+    assert tested_pairs(4) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    assert len(tested_pairs(ALL_PAIRS_UP_TO)) == ALL_PAIRS_UP_TO * (ALL_PAIRS_UP_TO - 1) // 2
+    pairs = tested_pairs(1000)
+    assert len(pairs) == 999 + 998 and len(set(pairs)) == len(pairs)
+    assert all(j == i + 1 or i == 0 for i, j in pairs)
+    runs = [scored_run(f"r{i:02d}", i) for i in range(40)]  # r00 best; each one image worse than the one before
+    table = significance_table(group_runs(runs), "test")
+    assert len(table) == 39 + 38
+    assert set(zip(table["run_a"], table["run_b"])) == {(f"r{i:02d}", f"r{i + 1:02d}") for i in range(39)} | {
+        ("r00", f"r{i:02d}") for i in range(2, 40)}
+    assert pair(table, "r00", "r39")["a_right_b_wrong"] == 39
+    assert table["p_adjusted"].notna().all()  # Holm over the 77 pairs tested
+    text = significance_text(table, [r.name for r in runs])
+    assert "not every pair: each row against the next and against the best" in text[0]
+
+
+def test_compare_console_shows_the_top_rows_and_says_where_the_rest_are(tmp_path):
+    from fer_bench.reporting.compare import build_comparison
+
+    runs = [seeded_run(f"c{i:02d}", 0, 0.9 - i / 100) for i in range(35)]
+    for run in runs:
+        folder = tmp_path / run.name
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps(run.metrics))
+        (folder / "config.yaml").write_text(json.dumps(run.config))
+        run.predictions.to_csv(folder / "predictions.csv", index=False)
+        (folder / "status.json").write_text('{"state": "finished"}')
+    comparison = build_comparison([tmp_path / "sweep"])
+    lines = comparison.console(rows=30)
+    table = lines[0].splitlines()
+    assert len(table) == 2 + 30 and table[2].startswith("| 1 | c00/seed=0 |")
+    assert lines[1] == "... and 5 more rows in comparison.md and comparison.csv"
+    assert len(comparison.table) == 35 and len(comparison.markdown.splitlines()) == 2 + 35
+    # the charts draw the first 30 rows and say so
+    assert "the first 30 of 35 rows" in comparison.figures["comparison.png"].axes[0].get_title()
+
+
+def test_several_results_folders_name_runs_by_their_root(trained_runs, tmp_path):
+    from fer_bench.reporting.compare import find_runs
+
+    shutil.copytree(trained_runs, tmp_path / "a")
+    shutil.copytree(trained_runs / "custom_cnn", tmp_path / "b" / "custom_cnn")
+    names = sorted(r.name for r in find_runs([tmp_path / "a", tmp_path / "b"]))
+    assert names == ["a/custom_cnn", "a/custom_cnn_aug", "b/custom_cnn"]
+    assert [r.name for r in find_runs([tmp_path / "a" / "custom_cnn", tmp_path / "b"])] == ["custom_cnn", "b/custom_cnn"]
+    shutil.copytree(trained_runs, tmp_path / "c" / "a")
+    out = invoke("compare", tmp_path / "a", tmp_path / "c" / "a", "--out", tmp_path / "out")
+    assert out.exit_code == 1 and "two results folders hold runs of the same name (a/custom_cnn" in out.output
+    out = invoke("compare", tmp_path / "a", tmp_path / "b")
+    assert out.exit_code == 1 and out.output.strip() == "error: several RESULTS folders: say where the comparison goes with --out"
+    out = invoke("compare", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "out")
+    assert out.exit_code == 0, out.output
+    assert sorted(pd.read_csv(tmp_path / "out" / "comparison.csv")["name"]) == ["a/custom_cnn", "a/custom_cnn_aug", "b/custom_cnn"]
+
+
+def test_many_runs_are_read_in_worker_processes_with_the_same_result(tmp_path, monkeypatch):
+    from fer_bench.reporting import compare
+
+    runs = [seeded_run(f"m{i:02d}", seed, 0.5 + i / 100) for i in range(12) for seed in range(3)]
+    for run in runs:
+        folder = tmp_path / "runs" / run.name
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps(run.metrics))
+        (folder / "config.yaml").write_text(json.dumps(run.config))
+        run.predictions.to_csv(folder / "predictions.csv", index=False)
+        (folder / "status.json").write_text('{"state": "finished"}')
+    (tmp_path / "runs" / "broken").mkdir()
+    (tmp_path / "runs" / "broken" / "status.json").write_text('{"state": "failed"}')
+    monkeypatch.setattr(compare, "PARALLEL_FROM", 4)
+    parallel = compare.build_comparison(tmp_path / "runs")
+    monkeypatch.setattr(compare, "PARALLEL_FROM", 10_000)
+    serial = compare.build_comparison(tmp_path / "runs")
+    pd.testing.assert_frame_equal(parallel.table, serial.table)
+    pd.testing.assert_frame_equal(parallel.significance, serial.significance)
+    assert len(parallel.table) == 12 and list(parallel.table["seeds"]) == [3] * 12

@@ -133,29 +133,59 @@ def sweep(
              f"{', '.join(t['id'] for t in failed[:5])}{' ...' if len(failed) > 5 else ''}")
 
 
-@app.command()
-@one_line_errors
-def compare(
-    results: Annotated[Path, typer.Argument(help="folder of run folders, searched recursively")] = Path("results"),
-    out: Annotated[Path | None, typer.Option("--out", help="where the table and charts go (default: RESULTS)")] = None,
-    metric: Annotated[str, typer.Option("--metric", help="headline metric: accuracy, macro_f1, balanced_accuracy, weighted_f1")] = "accuracy",
-    split: Annotated[str, typer.Option("--split", help="validation or test")] = "test",
-    sort: Annotated[str | None, typer.Option("--sort", help="column to sort by (default: the metric)")] = None,
-) -> None:
-    """Compare finished runs: table, 95% bootstrap intervals, McNemar tests and charts."""
-    from fer_bench.reporting.compare import METRICS, SORT_KEYS, build_comparison, write_comparison
+Results = Annotated[list[Path] | None, typer.Argument(help="folders of run folders, searched recursively (default: results)")]
+Metric = Annotated[str, typer.Option("--metric", help="headline metric: accuracy, macro_f1, balanced_accuracy, weighted_f1")]
+Split = Annotated[str, typer.Option("--split", help="validation or test")]
+Sort = Annotated[str | None, typer.Option("--sort", help="column to sort by (default: the metric)")]
+
+
+def _comparison(results: list[Path] | None, metric: str, split: str, sort: str | None) -> Any:
+    """The comparison that compare writes and report renders, after checking the options."""
+    from fer_bench.reporting.compare import METRICS, SORT_KEYS, build_comparison
 
     choices = {"--metric": (metric, METRICS), "--split": (split, ("validation", "test")),
                "--sort": (sort or metric, SORT_KEYS)}
     for option, (value, allowed) in choices.items():
         if value not in allowed:
             fail(f"{option} must be one of {list(allowed)}; got {value!r}")
-    comparison = build_comparison(results, split=split, metric=metric, sort=sort)
-    folder = write_comparison(comparison, out if out is not None else results)
-    typer.echo(comparison.markdown)
-    for line in [*comparison.notes, *comparison.significance_text]:
+    return build_comparison(results or [Path("results")], split=split, metric=metric, sort=sort)
+
+
+@app.command()
+@one_line_errors
+def compare(
+    results: Results = None,
+    out: Annotated[Path | None, typer.Option("--out", help="where the table and charts go (default: RESULTS, if one)")] = None,
+    metric: Metric = "accuracy", split: Split = "test", sort: Sort = None,
+) -> None:
+    """Compare finished runs: table, 95% intervals, significance tests and charts."""
+    from fer_bench.reporting.compare import write_comparison
+
+    if out is None and results and len(results) > 1:
+        fail("several RESULTS folders: say where the comparison goes with --out")
+    comparison = _comparison(results, metric, split, sort)
+    folder = write_comparison(comparison, out if out is not None else (results or [Path("results")])[0])
+    for line in comparison.console():
         typer.echo(line)
     typer.echo(f"wrote comparison.csv, seeds.csv, comparison.md, significance.csv and charts to {folder}")
+
+
+@app.command()
+@one_line_errors
+def report(
+    results: Results = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="the HTML file to write")] = Path("report.html"),
+    metric: Metric = "accuracy", split: Split = "test", sort: Sort = None,
+) -> None:
+    """One self-contained HTML page of the comparison: sortable table, tests, charts, a section per run."""
+    from fer_bench.reporting.report import write_report
+
+    if out.suffix.lower() not in (".html", ".htm"):
+        fail(f"--out must be an .html file; got {out}")
+    comparison = _comparison(results, metric, split, sort)
+    path = write_report(comparison, [str(r) for r in results or [Path("results")]], out)
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {len(comparison.table)} rows from "
+               f"{len(comparison.runs)} runs; open it in a browser")
 
 
 @app.command()

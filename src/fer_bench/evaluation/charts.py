@@ -102,7 +102,12 @@ def _label(name: str, other_data: bool) -> str:
     return _wrap(name) + (f"\n{OTHER_DATA}" if other_data else "")
 
 
-def comparison_figure(table, split: str, seed_scores: dict[str, dict[str, np.ndarray]] | None = None) -> plt.Figure:
+def _of_total(shown: int, total: int | None) -> str:
+    return f" (the first {shown} of {total} rows; every row is in comparison.csv)" if total and total > shown else ""
+
+
+def comparison_figure(table, split: str, seed_scores: dict[str, dict[str, np.ndarray]] | None = None,
+                      total: int | None = None) -> plt.Figure:
     """Accuracy and macro-F1 per row, horizontal bars with 95% intervals, best at the top.
 
     A single run's interval is the bootstrap over the split's images; a group's (a row whose name is in
@@ -152,14 +157,14 @@ def comparison_figure(table, split: str, seed_scores: dict[str, dict[str, np.nda
                       f"over {split} images for a single run")
     else:
         ax.set_xlabel(f"{split} score (error bars: 95% bootstrap interval over {split} images)")
-    ax.set_title(f"Runs compared on the {split} split")
+    ax.set_title(f"Runs compared on the {split} split" + _of_total(len(table), total), fontsize=10 if total else None)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right")
     return fig
 
 
 def per_class_f1_figure(names: Sequence[str], per_class: Sequence[dict], split: str,
-                        other_data: Sequence[bool] | None = None) -> plt.Figure:
+                        other_data: Sequence[bool] | None = None, total: int | None = None) -> plt.Figure:
     """Heatmap of per-class F1: runs down, emotions across; a group's cell is its mean over seeds, ± the SD
     (`f1_sd`); runs on other data labelled as such."""
     other_data = list(other_data) if other_data is not None else [False] * len(names)
@@ -181,7 +186,8 @@ def per_class_f1_figure(names: Sequence[str], per_class: Sequence[dict], split: 
     ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
     ax.set_yticks(range(len(names)), labels, fontsize=8)
     fig.colorbar(image, ax=ax, label="F1", fraction=0.05)
-    ax.set_title(f"Per-class F1 on the {split} split" + (" (groups: mean ± SD over seeds)" if not np.isnan(spread).all() else ""))
+    ax.set_title(f"Per-class F1 on the {split} split" + (" (groups: mean ± SD over seeds)" if not np.isnan(spread).all() else "")
+                 + ("\n" + _of_total(len(names), total).strip(" ()") if total and total > len(names) else ""))
     return fig
 
 
@@ -189,7 +195,7 @@ MAX_CONFUSION_PANELS = 16
 
 
 def confusion_grid_figure(names: Sequence[str], matrices: Sequence[np.ndarray], classes: Sequence[Sequence[str]],
-                          split: str, other_data: Sequence[bool] | None = None) -> plt.Figure:
+                          split: str, other_data: Sequence[bool] | None = None, total: int | None = None) -> plt.Figure:
     """Row-normalised confusion matrices side by side, one panel per run (the first 16 in the given order).
 
     Plain imshow, not seaborn: seaborn redraws the whole figure for every panel, which took
@@ -220,8 +226,9 @@ def confusion_grid_figure(names: Sequence[str], matrices: Sequence[np.ndarray], 
     for ax in list(axes.flat)[shown:]:
         ax.axis("off")
     title = f"Row-normalised confusion matrices, {split} split (diagonal = recall)"
-    if shown < len(names):
-        title += f": the first {shown} of {len(names)} runs"
+    total = max(total or 0, len(names))
+    if shown < total:
+        title += f": the first {shown} of {total} rows"
     height = 3.8 * rows
     fig.suptitle(title, fontsize=13, y=1 - 0.15 / height)
     bottom, top, right = 0.85 / height, 1 - 0.75 / height, 1 - 0.9 / (3.8 * columns)

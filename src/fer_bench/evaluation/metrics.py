@@ -126,14 +126,14 @@ def confidence_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float
 
 def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, int, float]:
     """McNemar's exact test on paired predictions: (A right & B wrong, A wrong & B right, two-sided p)."""
-    from scipy.stats import binom
+    from scipy.special import bdtr  # the binomial CDF as a ufunc: scipy.stats.binom.cdf costs 3 ms a call
 
     a_only = int(np.sum(correct_a & ~correct_b))
     b_only = int(np.sum(~correct_a & correct_b))
     if a_only + b_only == 0:
         return a_only, b_only, 1.0
     # Two-sided exact binomial test at p = 0.5 (symmetric, so twice the smaller tail).
-    return a_only, b_only, float(min(1.0, 2 * binom.cdf(min(a_only, b_only), a_only + b_only, 0.5)))
+    return a_only, b_only, float(min(1.0, 2 * bdtr(min(a_only, b_only), a_only + b_only, 0.5)))
 
 
 def holm_adjusted(p_values: np.ndarray | list[float]) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,7 +70,8 @@ def _name(runs: list[Run]) -> str:
     parents = {os.path.dirname(r.name) for r in runs}
     if len(parents) == 1 and all(r.metrics.get("sweep") for r in runs) and parents != {""}:
         return parents.pop()
-    prefix = os.path.commonprefix([r.name for r in runs]).rstrip("-_/=. ")
+    # "run-3/seed=0" and "run-3/seed=1" share "run-3/seed=": the group is "run-3"
+    prefix = re.sub(r"[-_/=. ]*seeds?[-_=]*$", "", os.path.commonprefix([r.name for r in runs])).rstrip("-_/=. ")
     return f"{prefix or runs[0].name} ({len(runs)} seeds)"
 
 
