@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from fer_bench.cli import app
 from fer_bench.reporting.compare import build_comparison
-from fer_bench.reporting.report import config_differences, flatten, render_report
+from fer_bench.config import flatten
+from fer_bench.reporting.report import config_differences, render_report
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "results" / "reference"

@@ -188,6 +188,28 @@ def report(
                f"{len(comparison.runs)} runs; open it in a browser")
 
 
+EXPORTERS = {"mlflow": "fer_bench.tracking.mlflow_export"}  # the trackers `export` hands runs to: a module with export_runs
+
+
+@app.command()
+@one_line_errors
+def export(
+    tracker: Annotated[str, typer.Argument(help=f"where to: {', '.join(EXPORTERS)}")],
+    results: Results = None,
+    tracking_uri: Annotated[str, typer.Option("--tracking-uri", help="MLflow tracking URI: a server (http://...) or a "
+                                              "database (sqlite:///mlflow.db, the default)")] = "sqlite:///mlflow.db",
+    experiment: Annotated[str, typer.Option("--experiment", help="experiment name (created if missing)")] = "fer-bench",
+) -> None:
+    """Hand finished runs to an experiment tracker: params, curves, scores, tags and artifacts; again = update."""
+    import importlib
+
+    if tracker not in EXPORTERS:
+        fail(f"TRACKER must be one of {list(EXPORTERS)}; got {tracker!r}")
+    exporter = importlib.import_module(EXPORTERS[tracker])
+    summary = exporter.export_runs(results or [Path("results")], tracking_uri=tracking_uri, experiment=experiment)
+    typer.echo(summary.line())
+
+
 @app.command()
 @one_line_errors
 def predict(

@@ -526,6 +526,17 @@ def read_config(path: Path | str, overrides: list[str] | None = None) -> Experim
     return from_dict(raw)
 
 
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config (as to_dict or a run's config.yaml gives it) as dotted keys: {'train': {'epochs': 3}} ->
+    {'train.epochs': 3}, the way --set names them."""
+    if isinstance(config, dict) and config:
+        flat: dict[str, Any] = {}
+        for key, value in config.items():
+            flat.update(flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: config} if prefix else {}
+
+
 def to_dict(exp: Experiment) -> dict[str, Any]:
     """The resolved config as plain data, ready for `yaml.safe_dump`."""
     return dataclasses.asdict(exp)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fer_bench.config import flatten
 from fer_bench.reporting.compare import DATA_LABELS, Comparison, confusion_matrix, trained_on
 from fer_bench.reporting.groups import Group, configuration
 from fer_bench.runs.artifacts import Run
@@ -191,16 +192,6 @@ def _trained_where(run: Run) -> str:
     cpu = environment.get("cpu")
     started = environment.get("started")
     return where + (f", {cpu}" if cpu else "") + (f", started {started}" if started else "")
-
-
-def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config as dotted keys: {'train': {'epochs': 3}} -> {'train.epochs': 3}."""
-    if isinstance(config, dict) and config:
-        flat: dict[str, Any] = {}
-        for key, value in config.items():
-            flat.update(flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: config} if prefix else {}
 
 
 def config_differences(config: dict, reference: dict) -> list[tuple[str, Any, Any]]:

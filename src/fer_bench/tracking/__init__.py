@@ -1,0 +1,1 @@
+"""Handing finished runs over to the experiment trackers teams already use (MLflow)."""
