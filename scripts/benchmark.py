@@ -3,6 +3,7 @@
     python scripts/benchmark.py --data-dir ../shared/fer2013 --out results/benchmark
     python scripts/benchmark.py --accelerator                  # training speed on this machine's GPU
     python scripts/benchmark.py --sweep                        # a sweep's overhead per trial, per executor
+    python scripts/benchmark.py --scale                        # compare and report over 100 to 1,000 runs
 
 Writes benchmark.json and benchmark.md (the table README carries). Every figure is measured on the
 machine it runs on; nothing is asserted. The ImageDataGenerator baseline needs tf_keras, which pins
@@ -495,6 +496,82 @@ def sweep_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- compare and report over many runs -------------------------------------------------------
+
+SCALE_LAYOUTS = ((100, 1), (400, 1), (1000, 1), (1000, 5))  # (runs, seeds per configuration)
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of a process and every process under it (compare's readers are its children)."""
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+            for task in Path(f"/proc/{current}/task").iterdir():
+                stack += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def _timed(args: list[str]) -> dict:
+    """Wall seconds and the peak of the summed memory of the command's process tree (sampled every 0.1 s)."""
+    start = time.perf_counter()
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    while process.poll() is None:
+        peak = max(peak, _tree_rss(process.pid))
+        time.sleep(0.1)
+    seconds = time.perf_counter() - start
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed: {process.stderr.read().decode()[-500:]}")
+    return {"seconds": round(seconds, 1), "peak_gb": round(peak / 1e9, 2)}
+
+
+def bench_scale() -> dict:
+    """`fer-bench compare` and `fer-bench report` over synthetic run folders shaped like FER-2013 runs."""
+    import pandas as pd
+
+    cli = [sys.executable, "-m", "fer_bench.cli"]
+    rows = []
+    for count, seeds in SCALE_LAYOUTS:
+        with tempfile.TemporaryDirectory() as folder:
+            log(f"scale: {count} runs, {seeds} seed(s) per configuration")
+            runs = Path(folder) / "runs"
+            make_runs(runs, count, seeds)
+            compare = _timed(cli + ["compare", str(runs), "--out", str(Path(folder) / "out")])
+            report = _timed(cli + ["report", str(runs), "-o", str(Path(folder) / "report.html")])
+            out = Path(folder) / "out"
+            from PIL import Image
+
+            rows.append({
+                "runs": count, "seeds": seeds, "rows": len(pd.read_csv(out / "comparison.csv")),
+                "pairs_tested": len(pd.read_csv(out / "significance.csv")),
+                "significance_csv_mb": round((out / "significance.csv").stat().st_size / 1e6, 2),
+                "comparison_png_height": Image.open(out / "comparison.png").size[1],
+                "report_mb": round((Path(folder) / "report.html").stat().st_size / 1e6, 1),
+                "compare": compare, "report": report})
+    return {"layouts": rows}
+
+
+def scale_markdown(report: dict) -> str:
+    lines = [f"Measured {report['date']} on {report['machine']['cpu']} ({report['machine']['cores']} cores): "
+             "`fer-bench compare` and `fer-bench report` over synthetic finished runs shaped like FER-2013 runs "
+             "(3,589 validation and 3,589 test predictions, 20 epochs of history each); memory is the peak of the "
+             "process and its reader processes together.", "",
+             "| runs | seeds per config | rows | pairs tested | significance.csv | comparison.png height | compare | "
+             "compare memory | report | report memory | report size |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in report["scale"]["layouts"]:
+        lines.append(f"| {row['runs']} | {row['seeds']} | {row['rows']} | {row['pairs_tested']} | "
+                     f"{row['significance_csv_mb']} MB | {row['comparison_png_height']} px | {row['compare']['seconds']} s | "
+                     f"{row['compare']['peak_gb']} GB | {row['report']['seconds']} s | {row['report']['peak_gb']} GB | "
+                     f"{row['report_mb']} MB |")
+    return "\n".join(lines) + "\n"
+
+
 # --- report ----------------------------------------------------------------------------------
 
 def machine() -> dict:
@@ -550,6 +627,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="training steps per timing (three timings per model)")
     parser.add_argument("--sweep", action="store_true",
                         help="instead: the cost of `fer-bench sweep` per trial, on local workers and on Ray")
+    parser.add_argument("--scale", action="store_true", help="instead: compare and report over 100 to 1,000 runs")
     parser.add_argument("--accelerator", action="store_true",
                         help="instead: the tuned CNN's training rate, real pipeline against synthetic tensors, and "
                              "its start-up cost, on this machine's GPU (or CPU), with the backend KERAS_BACKEND names")
@@ -572,6 +650,13 @@ def main() -> None:
         (args.out / "sweep.json").write_text(json.dumps(report, indent=2) + "\n")
         (args.out / "sweep.md").write_text(sweep_markdown(report))
         print(sweep_markdown(report))
+        return
+    if args.scale:
+        report["scale"] = bench_scale()
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "scale.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.out / "scale.md").write_text(scale_markdown(report))
+        print(scale_markdown(report))
         return
     if args.accelerator:
         report.update(config=str(args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config),

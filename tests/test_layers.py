@@ -20,6 +20,7 @@ FLOORS = [
     ("fer_bench.sweeps",),
     ("fer_bench.photos",),
     ("fer_bench.reporting",),
+    ("fer_bench.tracking",),
     ("fer_bench.cli",),
 ]
 
@@ -72,3 +73,18 @@ def test_every_module_has_a_floor_and_a_docstring():
     for path in PACKAGE.rglob("*.py"):
         floor(module_name(path))
         assert ast.get_docstring(ast.parse(path.read_text())), f"{path} says nothing of what it holds"
+
+
+def test_readme_map_of_the_code_names_every_module_and_subpackage():
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("| floor | what lives there |"):]
+    table = table[:table.index("\n\n")]
+    for path in sorted(PACKAGE.iterdir()):
+        if path.name.startswith("_") or path.name in ("shipped",) or path.suffix not in (".py", ""):
+            continue
+        name = f"`{path.name}/`" if path.is_dir() else f"`{path.name}`"
+        assert name in table, f"README's map of the code does not name {name}"
+        if path.is_dir():
+            row = next(line for line in table.splitlines() if line.startswith(f"| {name}"))
+            for module in sorted(path.glob("[!_]*.py")):
+                assert f"`{module.stem}`" in row, f"README's {name} row does not name {module.stem}"

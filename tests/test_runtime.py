@@ -140,3 +140,33 @@ def test_auto_turns_on_mixed_precision_xla_and_more_steps_where_the_backend_sees
         keras.mixed_precision.set_global_policy("float32")
     assert backends.JaxBackend().xla_by_default(accelerated=False) is True
     assert backends.TensorFlowBackend().xla_by_default(accelerated=False) is False
+
+
+@pytest.mark.parametrize("setting, accelerated, backend, features, policy", [
+    ("auto", False, "tensorflow", ["amx_bf16", "amx_tile", "avx512_bf16"], "mixed_bfloat16"),  # measured faster there
+    ("auto", False, "tensorflow", ["avx512f", "avx2"], "float32"),  # no bfloat16 units: emulated, slower
+    ("auto", False, "tensorflow", ["avx512_bf16"], "float32"),  # AVX-512 BF16 alone: not measured
+    ("auto", False, "jax", ["amx_bf16"], "float32"),  # not measured on JAX's CPU build
+    ("auto", True, "tensorflow", [], "mixed_float16"),
+    (True, False, "jax", [], "mixed_bfloat16"),  # asked for on a CPU: bfloat16, never emulated float16
+    (True, True, "jax", [], "mixed_float16"),
+    (False, True, "tensorflow", ["amx_bf16"], "float32"),
+])
+def test_precision_follows_the_device_and_the_cpus_bfloat16_units(setting, accelerated, backend, features, policy):
+    assert backends.precision_policy(setting, accelerated, backends.BACKENDS[backend], features) == policy
+
+
+def test_auto_takes_bfloat16_on_a_cpu_with_amx_and_says_so(monkeypatch):
+    import keras
+
+    from fer_bench.backends import configure_runtime
+
+    monkeypatch.setattr(backends, "cpu_features", lambda: ["amx_bf16", "amx_tile", "avx512_bf16"])
+    try:
+        runtime = configure_runtime(RuntimeConfig(), seed=0, deterministic=False)
+        assert keras.mixed_precision.dtype_policy().name == "mixed_bfloat16"
+        assert runtime.record()["precision"] == "mixed_bfloat16" and runtime.record()["cpu_features"][0] == "amx_bf16"
+        assert "mixed precision on (bfloat16), XLA off" in runtime.describe()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert set(backends.cpu_features()) <= set(backends.CPU_FEATURES)

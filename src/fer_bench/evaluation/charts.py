@@ -255,7 +255,8 @@ def _seed_curves(histories: Sequence[object]) -> tuple[np.ndarray, np.ndarray, n
             np.array([v.max() for v in values]))
 
 
-def validation_curves_figure(curves: Sequence[tuple[str, object]], other_data: Sequence[bool] | None = None) -> plt.Figure:
+def validation_curves_figure(curves: Sequence[tuple[str, object]], other_data: Sequence[bool] | None = None,
+                             size: tuple[float, float] = (12, 5.5)) -> plt.Figure:
     """Validation accuracy per epoch of every deep run, overlaid; a group's (a list of histories) is the mean
     over its seeds with a min-max band.
 
@@ -263,7 +264,7 @@ def validation_curves_figure(curves: Sequence[tuple[str, object]], other_data: S
     curve both stay visible; the legend gives each line's best epoch and marks runs on other data.
     """
     other_data = list(other_data) if other_data is not None else [False] * len(curves)
-    fig, ax = plt.subplots(figsize=(12, 5.5), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=size, constrained_layout=True)
     palette = plt.get_cmap("tab10")(np.arange(10))
     for index, ((name, history), other) in enumerate(zip(curves, other_data)):
         seeds = len(history) if isinstance(history, list) else 1

@@ -241,7 +241,8 @@ def _row_figures(group: Group, split: str) -> str:
                 images.append(_png_file(group.runs[0].path / file, file))
         return "".join(f"<figure>{image}</figure>" for image in images)
     if all(r.history is not None and "val_accuracy" in r.history for r in group.runs):
-        images.append(_png(charts.validation_curves_figure([(group.name, [r.history for r in group.runs])]), "curves"))
+        images.append(_png(charts.validation_curves_figure([(group.name, [r.history for r in group.runs])], size=(8, 3.6)),
+                           "curves"))
     matrix = sum(confusion_matrix(r, split) for r in group.runs)
     images.append(_png(charts.confusion_grid_figure([f"{group.name} (all seeds)"], [matrix], [group.runs[0].classes], split),
                        "confusion matrix"))

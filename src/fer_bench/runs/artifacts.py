@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from fer_bench.backends import cpu_features
 from fer_bench.errors import FerBenchError, RunError
 from fer_bench.evaluation.metrics import SplitPredictions, confusion, report_text, score_splits
 from fer_bench.files import FOLDER_NAME_RULE, METRICS_FILE, STATUS_FILE, atomic_write, is_folder_name
@@ -271,6 +272,7 @@ def environment_record() -> dict:
         "platform": platform.platform(),
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
+        "cpu_features": cpu_features(),  # bfloat16 support (AMX, AVX-512): what runtime.mixed_precision=auto reads
         "packages": package_versions(),
         "git_commit": git_commit(),
         "command": " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv)),
