@@ -3,6 +3,7 @@
     python scripts/benchmark.py --data-dir ../shared/fer2013 --out results/benchmark
     python scripts/benchmark.py --accelerator                  # training speed on this machine's GPU
     python scripts/benchmark.py --sweep                        # a sweep's overhead per trial, per executor
+    python scripts/benchmark.py --precision                    # float32 against bfloat16 training on this CPU
     python scripts/benchmark.py --scale                        # compare and report over 100 to 1,000 runs
 
 Writes benchmark.json and benchmark.md (the table README carries). Every figure is measured on the
@@ -150,6 +151,7 @@ from fer_bench.data.pipeline import training_dataset
 keras.utils.set_random_seed(0)
 if spec["deterministic"]:
     tf.config.experimental.enable_op_determinism()
+keras.mixed_precision.set_global_policy(spec.get("policy", "float32"))
 exp = from_dict(spec["experiment"])
 model = build_model(exp)
 model.compile("adam", keras.losses.CategoricalCrossentropy(), jit_compile=False)
@@ -174,9 +176,9 @@ print(json.dumps({"images_per_second": round(float(np.median(rates)), 1),
 
 
 def train_child(data_dir: Path, model: dict, feed: str, steps: int, batch: int = BATCH, deterministic: bool = False,
-                warmup: int = 3, repeats: int = 3) -> dict:
+                warmup: int = 3, repeats: int = 3, policy: str = "float32") -> dict:
     spec = {"experiment": model, "feed": feed, "steps": steps, "batch": batch, "deterministic": deterministic,
-            "data_dir": str(data_dir), "augment": AUGMENT, "warmup": warmup, "repeats": repeats}
+            "data_dir": str(data_dir), "augment": AUGMENT, "warmup": warmup, "repeats": repeats, "policy": policy}
     out = subprocess.run([sys.executable, "-c", TRAIN_CHILD, json.dumps(spec)], capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
@@ -496,6 +498,34 @@ def sweep_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- precision on a CPU ------------------------------------------------------------------------
+
+def bench_precision(data_dir: Path, steps: int) -> dict:
+    """The tuned CNN's training rate (real pipeline) in float32 and under mixed_bfloat16, on this CPU."""
+    import yaml
+
+    from fer_bench.backends import cpu_features
+
+    tuned = yaml.safe_load((REPO / "configs" / "cpu" / "tuned_cnn.yaml").read_text())
+    model = {"model": tuned["model"]}
+    rates = {}
+    for policy in ("float32", "mixed_bfloat16"):
+        log(f"  precision: {policy}")
+        rates[policy] = train_child(data_dir, model, "pipeline", steps, policy=policy, repeats=5)["images_per_second"]
+    return {"cpu_features": cpu_features(), "model": "configs/cpu/tuned_cnn.yaml (1.24M parameters)", "steps": steps,
+            "images_per_second": rates, "speed_up": round(rates["mixed_bfloat16"] / rates["float32"], 3)}
+
+
+def precision_markdown(report: dict) -> str:
+    p = report["precision"]
+    return (f"Measured {report['date']} on {report['machine']['cpu']} ({report['machine']['cores']} cores; bfloat16 features: "
+            f"{', '.join(f for f in p['cpu_features'] if 'bf16' in f or 'amx' in f) or 'none'}): {p['model']}, batch 64, "
+            f"the real augmented pipeline, median of 5 timings of {p['steps']} steps.\n\n"
+            "| precision | images/s |\n|---|---|\n"
+            + "".join(f"| {k} | {v} |\n" for k, v in p["images_per_second"].items())
+            + f"| mixed_bfloat16 / float32 | {p['speed_up']}x |\n")
+
+
 # --- compare and report over many runs -------------------------------------------------------
 
 SCALE_LAYOUTS = ((100, 1), (400, 1), (1000, 1), (1000, 5))  # (runs, seeds per configuration)
@@ -627,6 +657,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="training steps per timing (three timings per model)")
     parser.add_argument("--sweep", action="store_true",
                         help="instead: the cost of `fer-bench sweep` per trial, on local workers and on Ray")
+    parser.add_argument("--precision", action="store_true",
+                        help="instead: the tuned CNN's training rate in float32 and mixed_bfloat16 on this CPU")
     parser.add_argument("--scale", action="store_true", help="instead: compare and report over 100 to 1,000 runs")
     parser.add_argument("--accelerator", action="store_true",
                         help="instead: the tuned CNN's training rate, real pipeline against synthetic tensors, and "
@@ -650,6 +682,14 @@ def main() -> None:
         (args.out / "sweep.json").write_text(json.dumps(report, indent=2) + "\n")
         (args.out / "sweep.md").write_text(sweep_markdown(report))
         print(sweep_markdown(report))
+        return
+    if args.precision:
+        report["precision"] = bench_precision(args.data_dir, args.steps)
+        name = f"precision-{slug(report['machine']['cpu'])}"
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.out / f"{name}.md").write_text(precision_markdown(report))
+        print(precision_markdown(report))
         return
     if args.scale:
         report["scale"] = bench_scale()

@@ -28,6 +28,14 @@ def test_readme_reference_results_are_the_committed_files():
     assert generated_block("reference-results") == script_output("reference_section.py")
 
 
+def test_readme_precision_benchmark_is_the_committed_measurement():
+    assert generated_block("precision-benchmark") == (REPO / "results" / "benchmark" / "precision-amd-epyc.md").read_text()
+
+
+def test_readme_scale_benchmark_is_the_committed_measurement():
+    assert generated_block("scale-benchmark") == (REPO / "results" / "benchmark" / "scale.md").read_text()
+
+
 def test_readme_sweep_benchmark_is_the_committed_measurement():
     assert generated_block("sweep-benchmark") == (REPO / "results" / "benchmark" / "sweep.md").read_text()
 

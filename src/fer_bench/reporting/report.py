@@ -132,7 +132,7 @@ def _table_section(table: pd.DataFrame, ranks: list[str]) -> str:
     return ("<section id='table'><h2>Comparison</h2>"
             "<div class='tools'><label>filter <input id='filter' type='search' placeholder='name or model'></label>"
             f"<span id='shown'>{len(table)} of {len(table)} rows</span>"
-            "<span class='hint'>click a heading to sort; the address keeps the view</span></div>"
+            "<span class='hint'>click a heading to sort; the table scrolls sideways; the address keeps the view</span></div>"
             f"<div class='scroll'><table id='comparison'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
             "</table></div></section>")
 
