@@ -649,6 +649,14 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save(out: Path, name: str, report: dict, text: str) -> None:
+    """<name>.json (every figure) and <name>.md (the table README carries) into `out`, and the table on the console."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{name}.md").write_text(text)
+    print(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "fer2013")
@@ -678,26 +686,13 @@ def main() -> None:
     report = {"date": time.strftime("%Y-%m-%d"), "machine": machine()}
     if args.sweep:
         report["sweep"] = bench_sweep(args.data_dir)
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "sweep.json").write_text(json.dumps(report, indent=2) + "\n")
-        (args.out / "sweep.md").write_text(sweep_markdown(report))
-        print(sweep_markdown(report))
-        return
+        return save(args.out, "sweep", report, sweep_markdown(report))
     if args.precision:
         report["precision"] = bench_precision(args.data_dir, args.steps)
-        name = f"precision-{slug(report['machine']['cpu'])}"
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-        (args.out / f"{name}.md").write_text(precision_markdown(report))
-        print(precision_markdown(report))
-        return
+        return save(args.out, f"precision-{slug(report['machine']['cpu'])}", report, precision_markdown(report))
     if args.scale:
         report["scale"] = bench_scale()
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "scale.json").write_text(json.dumps(report, indent=2) + "\n")
-        (args.out / "scale.md").write_text(scale_markdown(report))
-        print(scale_markdown(report))
-        return
+        return save(args.out, "scale", report, scale_markdown(report))
     if args.accelerator:
         report.update(config=str(args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config),
                       epochs=args.epochs, train_images=args.train_images)
@@ -705,11 +700,7 @@ def main() -> None:
                                                   args.train_images, args.validation_images)
         runtime = report["accelerator"]["runtime"]
         name = f"accelerator-{runtime['backend']}-{slug(accelerator_name(runtime))}"
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-        (args.out / f"{name}.md").write_text(accelerator_markdown(report))
-        print(accelerator_markdown(report))
-        return
+        return save(args.out, name, report, accelerator_markdown(report))
     stages = {
         "data": lambda: bench_data(args.data_dir),
         "pipelines": lambda: bench_pipelines(args.data_dir, args.batches),
@@ -720,10 +711,7 @@ def main() -> None:
     for name, measure in stages.items():
         log(name)
         report[name] = measure()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "benchmark.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "benchmark.md").write_text(markdown(report))
-    print(markdown(report))
+    save(args.out, "benchmark", report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from fer_bench.cli import app
 
 mlflow = pytest.importorskip("mlflow", reason="pip install -e '.[mlflow]' (the dev extra has it)")
-from mlflow import MlflowClient  # noqa: E402
+from mlflow import MlflowClient
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference"
 runner = CliRunner()
@@ -43,10 +43,11 @@ def mlflow_server(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 (the server writes to it until the fixture ends)
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"), start_new_session=True)
+        stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -68,6 +69,7 @@ def mlflow_server(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+        log.close()
 
 
 def test_export_to_a_real_mlflow_server_reads_back_and_does_not_duplicate(mlflow_server, tmp_path):

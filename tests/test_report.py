@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from fer_bench.cli import app
-from fer_bench.reporting.compare import build_comparison
 from fer_bench.config import flatten
+from fer_bench.reporting.compare import build_comparison
 from fer_bench.reporting.report import config_differences, render_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,7 +145,7 @@ def test_report_in_headless_chromium(tmp_path):
     shown = subprocess.run([*flags, "--allow-file-access-from-files", "--virtual-time-budget=10000", "--dump-dom",
                             (tmp_path / "harness.html").as_uri()], capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr[-2000:]
-    seen = json.loads(re.search(r'<pre id="out">(.*?)</pre>', shown.stdout, re.S).group(1))
+    seen = json.loads(re.search(r'<pre id="out">(.*?)</pre>', shown.stdout, re.DOTALL).group(1))
     # the page logged nothing to the console: no error, no uncaught exception
     assert [line for line in shown.stderr.splitlines() if ":CONSOLE" in line] == []
     names = list(comparison.table["name"])

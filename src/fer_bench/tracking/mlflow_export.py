@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -117,7 +118,7 @@ def epoch_metrics(run: Run) -> list[tuple[str, float, int]]:
     rows = []
     for record in run.history.to_dict("records"):
         for key, value in record.items():
-            if key not in ("epoch", "phase") and isinstance(value, (int, float)) and value == value:  # NaN != NaN
+            if key not in ("epoch", "phase") and isinstance(value, (int, float)) and not math.isnan(value):
                 rows.append((mlflow_name(key), float(value), int(record["epoch"])))
     return rows
 
@@ -177,21 +178,10 @@ def _existing_runs(client: Any, experiment_id: str) -> dict[str, Any]:
 def export_runs(roots: Sequence[Path], tracking_uri: str = DEFAULT_URI, experiment: str = DEFAULT_EXPERIMENT) -> ExportSummary:
     """Every finished run under `roots` as an MLflow run in `experiment` (created if missing) at `tracking_uri`."""
     mlflow = import_mlflow()
-    from mlflow.entities import Metric, Param, RunTag
     from mlflow.exceptions import MlflowException
 
     _check_server(tracking_uri)
-    runs = []
-    for root in roots:
-        if not Path(root).is_dir():
-            raise RunError(f"results directory not found: {root}")
-        for folder in run_folders(Path(root)):
-            try:
-                runs.append((read_run(folder, str(folder), probabilities=False), RunDirectory(folder).status()))
-            except RunError as exc:
-                print(f"warning: skipping {exc}", file=sys.stderr)
-    if not runs:
-        raise RunError(f"no finished runs under {', '.join(map(str, roots))}")
+    runs = _finished_runs(roots)
     try:
         client = mlflow.MlflowClient(tracking_uri=tracking_uri)
         found = client.get_experiment_by_name(experiment)
@@ -206,22 +196,44 @@ def export_runs(roots: Sequence[Path], tracking_uri: str = DEFAULT_URI, experime
                 continue
             if previous is not None:
                 client.delete_run(previous.info.run_id)  # params cannot change in MLflow: the new export replaces it
-            mlflow_run = client.create_run(experiment_id, start_time=_millis(status.get("started")),
-                                           tags=tags_of(run, key, content), run_name=run.path.name if run.path.name != "." else key)
-            run_id = mlflow_run.info.run_id
-            now = _millis(status.get("finished")) or 0
-            params = [Param(k, v) for k, v in params_of(run).items()]
-            metrics = [Metric(k, v, now, 0) for k, v in final_metrics(run).items()]
-            metrics += [Metric(k, v, now, step) for k, v, step in epoch_metrics(run)]
-            for start in range(0, len(params), BATCH["params"]):
-                client.log_batch(run_id, params=params[start:start + BATCH["params"]])
-            for start in range(0, len(metrics), BATCH["metrics"]):
-                client.log_batch(run_id, metrics=metrics[start:start + BATCH["metrics"]])
-            for file in sorted({*ARTIFACTS, *(p.name for p in run.path.glob("*.png"))}):
-                if (run.path / file).is_file():
-                    client.log_artifact(run_id, str(run.path / file))
-            client.set_terminated(run_id, "FINISHED", end_time=_millis(status.get("finished")))
+            _export_run(client, experiment_id, run, status, tags_of(run, key, content))
             outcomes["replaced" if previous is not None else "new"] += 1
     except MlflowException as exc:
         raise FerBenchError(f"MLflow at {tracking_uri}: {str(exc).splitlines()[0]}") from None
     return ExportSummary(tracking_uri, experiment, experiment_id, outcomes)
+
+
+def _finished_runs(roots: Sequence[Path]) -> list[tuple[Run, dict]]:
+    """Each finished run folder under `roots` with its status.json; the others skipped with a one-line warning."""
+    runs = []
+    for root in roots:
+        if not Path(root).is_dir():
+            raise RunError(f"results directory not found: {root}")
+        for folder in run_folders(Path(root)):
+            try:
+                runs.append((read_run(folder, str(folder), probabilities=False), RunDirectory(folder).status()))
+            except RunError as exc:
+                print(f"warning: skipping {exc}", file=sys.stderr)
+    if not runs:
+        raise RunError(f"no finished runs under {', '.join(map(str, roots))}")
+    return runs
+
+
+def _export_run(client: Any, experiment_id: str, run: Run, status: dict, tags: dict[str, str]) -> None:
+    """One run folder as a new MLflow run: params and metrics in batches MLflow accepts, then the artifacts."""
+    from mlflow.entities import Metric, Param
+
+    created = client.create_run(experiment_id, start_time=_millis(status.get("started")), tags=tags, run_name=run.path.resolve().name)
+    run_id = created.info.run_id
+    when = _millis(status.get("finished")) or 0
+    params = [Param(k, v) for k, v in params_of(run).items()]
+    metrics = [Metric(k, v, when, 0) for k, v in final_metrics(run).items()]
+    metrics += [Metric(k, v, when, step) for k, v, step in epoch_metrics(run)]
+    for start in range(0, len(params), BATCH["params"]):
+        client.log_batch(run_id, params=params[start:start + BATCH["params"]])
+    for start in range(0, len(metrics), BATCH["metrics"]):
+        client.log_batch(run_id, metrics=metrics[start:start + BATCH["metrics"]])
+    for file in sorted({*ARTIFACTS, *(p.name for p in run.path.glob("*.png"))}):
+        if (run.path / file).is_file():
+            client.log_artifact(run_id, str(run.path / file))
+    client.set_terminated(run_id, "FINISHED", end_time=_millis(status.get("finished")))
