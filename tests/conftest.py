@@ -85,11 +85,17 @@ def smoke_data() -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
-    """The tests that train go first and the quick ones fill the gaps at the end, so that neither test process
-    sits idle while the other finishes a minute-long test; the tests that read the JAX worker's results go last,
-    so the worker has all the others to run beside."""
-    items.sort(key=lambda item: (item.get_closest_marker("jax_worker") is not None,
-                                 item.get_closest_marker("slow") is None))
+    """The tests that read the JAX worker's results go last, so the worker has all the others to run beside."""
+    items.sort(key=lambda item: item.get_closest_marker("jax_worker") is not None)
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    """A comparison built and not written keeps its matplotlib figures open (they are its objects): close them."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
 
 
 def pytest_collection_finish(session):

@@ -60,7 +60,8 @@ def find_runs(roots: Path | Sequence[Path], split: str | None = None) -> list[Ru
         repeated = sorted({n for n in names if names.count(n) > 1})
         raise RunError(f"two results folders hold runs of the same name ({', '.join(repeated[:3])}): "
                        "give folders whose own names differ")
-    workers = min(len(jobs) // (PARALLEL_FROM // 2), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = min(len(jobs) // (PARALLEL_FROM // 2), cores)
     results = _in_processes(_read_scored, jobs, workers) if workers > 1 else None
     if results is None:
         results = [_read_scored(job) for job in jobs]
@@ -100,9 +101,9 @@ def _read_scored(job: tuple[Path, str, str | None]) -> Run | str:
         _row(run, split)
     # What compare asks of the file names is their digest: made for each split here, and the names (most of
     # the bytes a worker would send back) dropped, with the per-split copies.
-    for name in run.predictions["split"].unique():
-        test_images(run, name)
-        run.derived.pop(("split", name))
+    for part in run.predictions["split"].unique():
+        test_images(run, part)
+        run.derived.pop(("split", part))
     run.predictions = run.predictions.drop(columns="file", errors="ignore")
     return run
 
