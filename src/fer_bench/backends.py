@@ -309,6 +309,14 @@ STEPS_PER_EXECUTION_ON_ACCELERATORS = 16
 CPU_FEATURES = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")  # what bfloat16 speed on a CPU depends on
 
 
+def usable_cores() -> list[int]:
+    """The cores this process may run on (its affinity, where the OS has one)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return list(range(os.cpu_count() or 1))
+
+
 def cpu_features() -> list[str]:
     """Which of CPU_FEATURES this CPU has (Linux's /proc/cpuinfo flags; [] where it cannot tell)."""
     try:

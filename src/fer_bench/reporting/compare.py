@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import itertools
 import multiprocessing
-import os
 import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fer_bench.backends import usable_cores
 from fer_bench.config import AugmentConfig
 from fer_bench.errors import RunError
 from fer_bench.evaluation.metrics import MIN_SEEDS, bootstrap_scores, confidence_interval, holm_adjusted, mcnemar_exact, seed_interval, seed_test
@@ -60,8 +60,7 @@ def find_runs(roots: Path | Sequence[Path], split: str | None = None) -> list[Ru
         repeated = sorted({n for n in names if names.count(n) > 1})
         raise RunError(f"two results folders hold runs of the same name ({', '.join(repeated[:3])}): "
                        "give folders whose own names differ")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = min(len(jobs) // (PARALLEL_FROM // 2), cores)
+    workers = min(len(jobs) // (PARALLEL_FROM // 2), len(usable_cores()))
     results = _in_processes(_read_scored, jobs, workers) if workers > 1 else None
     if results is None:
         results = [_read_scored(job) for job in jobs]
@@ -374,30 +373,50 @@ def significance_text(significance: pd.DataFrame, order: list[str]) -> list[str]
             *neighbour_verdicts(significance, order)]
 
 
+# The comparison table's columns as compare, comparison.md and the report show them: (key in the table, heading).
+COLUMNS = (("rank", "#"), ("name", "run"), ("model", "model"), ("settings", "settings"), ("seeds", "seeds"),
+           ("accuracy", "accuracy (95% CI)"), ("accuracy_sd", "acc. SD over seeds"), ("macro_f1", "macro-F1 (95% CI)"),
+           ("balanced_accuracy", "balanced acc."), ("accuracy_no_duplicates", "acc. w/o duplicates"),
+           ("parameters", "params"), ("training_seconds", "train time"), ("trained_on", "trained on"),
+           ("epochs", "epochs"), ("data", "data"))
+TEXT_COLUMNS = ("name", "model", "settings", "trained_on", "data")  # the rest are numbers
+
+
+def ranks(table: pd.DataFrame) -> list[str]:
+    """Each row's rank; rows scored on other images are not ranked among the rest ("-")."""
+    numbers = iter(range(1, len(table) + 1))
+    return ["-" if data == DATA_LABELS["different"] else str(next(numbers)) for data in table["data"]]
+
+
+def cell_text(row: dict[str, Any], key: str) -> str:
+    """One cell of the table as it is shown: scores to 4 places with their interval, params in millions, minutes."""
+    value = row.get(key)
+    missing = value is None or pd.isna(value)
+    if key in ("accuracy", "macro_f1"):
+        low, high = row.get(f"{key}_low", np.nan), row.get(f"{key}_high", np.nan)
+        return f"{value:.4f}" + (f" ({low:.3f}-{high:.3f})" if not pd.isna(low) else "")
+    if key in ("balanced_accuracy", "accuracy_no_duplicates"):
+        return f"{value:.4f}"
+    if missing:
+        return "-"
+    if key == "accuracy_sd":
+        return f"{value:.4f}"
+    if key == "seeds":
+        return str(int(value))
+    if key == "parameters":
+        return f"{value / 1e6:.2f}M" if value else "-"
+    if key == "training_seconds":
+        return f"{value / 60:.1f} min" if value else "-"
+    if key == "epochs":
+        return (f"{value:.0f}" if value == int(value) else f"{value:.1f}") if value else "-"
+    return str(value)
+
+
 def markdown_table(table: pd.DataFrame, metric: str) -> str:
     """The comparison as a Markdown table (also what the console shows)."""
-    header = ["#", "run", "model", "settings", "seeds", "accuracy (95% CI)", "acc. SD over seeds", "macro-F1 (95% CI)",
-              "balanced acc.", "acc. w/o duplicates", "params", "train time", "trained on", "epochs", "data"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    ranks = iter(range(1, len(table) + 1))
-    for row in table.itertuples(index=False):
-        rank = "-" if row.data == DATA_LABELS["different"] else next(ranks)  # not ranked among runs on other images
-        def interval(name: str) -> str:
-            value = getattr(row, name)
-            low, high = getattr(row, f"{name}_low", np.nan), getattr(row, f"{name}_high", np.nan)
-            return f"{value:.4f}" + (f" ({low:.3f}-{high:.3f})" if not pd.isna(low) else "")
-
-        params = f"{row.parameters / 1e6:.2f}M" if row.parameters and not pd.isna(row.parameters) else "-"
-        seconds = row.training_seconds
-        duration = f"{seconds / 60:.1f} min" if seconds and not pd.isna(seconds) else "-"
-        epochs = (f"{row.epochs:.0f}" if row.epochs == int(row.epochs) else f"{row.epochs:.1f}") \
-            if row.epochs and not pd.isna(row.epochs) else "-"
-        spread = getattr(row, "accuracy_sd", np.nan)
-        lines.append("| " + " | ".join([
-            str(rank), row.name, row.model, row.settings, str(int(row.seeds)), interval("accuracy"),
-            f"{spread:.4f}" if not pd.isna(spread) else "-", interval("macro_f1"),
-            f"{row.balanced_accuracy:.4f}", f"{row.accuracy_no_duplicates:.4f}", params, duration, row.trained_on, epochs, row.data,
-        ]) + " |")
+    lines = ["| " + " | ".join(heading for _, heading in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for rank, row in zip(ranks(table), table.to_dict("records")):
+        lines.append("| " + " | ".join(rank if key == "rank" else cell_text(row, key) for key, _ in COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -62,7 +62,6 @@ class Group:
         return np.array([(r.metrics.get(split) or {}).get(metric, np.nan) for r in self.runs], dtype=float)
 
 
-
 def _name(runs: list[Run]) -> str:
     """A sweep group's folder (the trials' common parent), else the runs' longest common name prefix."""
     if len(runs) == 1:

@@ -13,7 +13,6 @@ import datetime as dt
 import html
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -21,30 +20,19 @@ import numpy as np
 import pandas as pd
 
 from fer_bench.config import flatten
-from fer_bench.reporting.compare import DATA_LABELS, Comparison, confusion_matrix, trained_on
+from fer_bench.reporting.compare import COLUMNS, DATA_LABELS, TEXT_COLUMNS, Comparison, cell_text, confusion_matrix, ranks, trained_on
 from fer_bench.reporting.groups import Group, configuration
 from fer_bench.runs.artifacts import Run
 
 FIGURE_ROWS = 10  # rows whose section shows curves and a confusion matrix: a page of 1,000 figures would not open
 FIGURE_DPI = 80
 
-# The table's columns: (key, heading, how a cell reads). Every column compare's table has, in its order.
-COLUMNS = (
-    ("rank", "#", None), ("name", "run", None), ("model", "model", None), ("settings", "settings", None),
-    ("seeds", "seeds", "{:.0f}"), ("accuracy", "accuracy (95% CI)", "interval"), ("accuracy_sd", "acc. SD over seeds", "{:.4f}"),
-    ("macro_f1", "macro-F1 (95% CI)", "interval"), ("balanced_accuracy", "balanced acc.", "{:.4f}"),
-    ("accuracy_no_duplicates", "acc. w/o duplicates", "{:.4f}"), ("parameters", "params", "parameters"),
-    ("training_seconds", "train time", "minutes"), ("trained_on", "trained on", None), ("epochs", "epochs", "{:g}"),
-    ("data", "data", None),
-)
-
-
 def render_report(comparison: Comparison, sources: list[str], title: str = "fer-bench report") -> str:
     """The whole page as one string."""
     from fer_bench import __version__
 
     table = comparison.table
-    ranks = _ranks(table)
+    row_ranks = ranks(table)
     groups = {g.name: g for g in comparison.groups}
     best = groups[table["name"].iloc[0]]
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -55,11 +43,11 @@ def render_report(comparison: Comparison, sources: list[str], title: str = "fer-
         f"ranked by <b>{_e(comparison.metric)}</b>. Made {when} by fer-bench {_e(__version__)}.</p></header>",
         "<nav><a href='#table'>table</a> <a href='#significance'>significance</a> <a href='#charts'>charts</a> "
         "<a href='#runs'>runs</a></nav>",
-        _table_section(table, ranks),
+        _table_section(table, row_ranks),
         _significance_section(comparison),
         _charts_section(comparison.figures),
         "<section id='runs'><h2>Runs and groups</h2>",
-        *(_row_section(row, ranks[i], groups[row["name"]], best, comparison.split, with_figures=i < FIGURE_ROWS)
+        *(_row_section(row, row_ranks[i], groups[row["name"]], best, comparison.split, with_figures=i < FIGURE_ROWS)
           for i, row in enumerate(table.to_dict("records"))),
         "</section>",
     ]
@@ -80,52 +68,27 @@ def write_report(comparison: Comparison, sources: list[str], out: Path) -> Path:
 # --- the table ---------------------------------------------------------------------------------
 
 
-def _ranks(table: pd.DataFrame) -> list[str]:
-    """As compare numbers them: rows scored on other images are not ranked."""
-    ranks, number = [], 0
-    for data in table["data"]:
-        if data == DATA_LABELS["different"]:
-            ranks.append("-")
-        else:
-            number += 1
-            ranks.append(str(number))
-    return ranks
-
-
-def _cell(row: dict, key: str, style: str | None) -> tuple[str, str]:
-    """(text shown, value sorted by) of one cell."""
+def _sort_value(row: dict, key: str) -> str:
+    """What a cell sorts by: the number itself (not its text), or the text; empty for a missing value."""
     value = row.get(key)
-    missing = value is None or (isinstance(value, float) and math.isnan(value))
-    if style is None:
-        return ("-" if missing else str(value)), ("" if missing else str(value))
-    if missing:
-        return "-", ""
-    if style == "interval":
-        low, high = row.get(f"{key}_low"), row.get(f"{key}_high")
-        text = f"{value:.4f}" + (f" ({low:.3f}-{high:.3f})" if low is not None and not math.isnan(low) else "")
-        return text, repr(float(value))
-    if style == "parameters":
-        return f"{value / 1e6:.2f}M", repr(float(value))
-    if style == "minutes":
-        return f"{value / 60:.1f} min", repr(float(value))
-    return style.format(value), repr(float(value))
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    return str(value) if key in TEXT_COLUMNS else repr(float(value))
 
 
-def _table_section(table: pd.DataFrame, ranks: list[str]) -> str:
-    head = "".join(f"<th data-key='{key}' data-type='{'text' if style is None and key != 'rank' else 'number'}' "
-                   f"tabindex='0' aria-sort='none'>{_e(heading)}</th>" for key, heading, style in COLUMNS)
+def _table_section(table: pd.DataFrame, row_ranks: list[str]) -> str:
+    head = "".join(f"<th data-key='{key}' data-type='{'text' if key in TEXT_COLUMNS else 'number'}' "
+                   f"tabindex='0' aria-sort='none'>{_e(heading)}</th>" for key, heading in COLUMNS)
     body = []
-    for rank, row in zip(ranks, table.to_dict("records")):
+    for rank, row in zip(row_ranks, table.to_dict("records")):
         cells = []
-        for key, _, style in COLUMNS:
+        for key, _ in COLUMNS:
             if key == "rank":
-                text, value = rank, rank if rank != "-" else ""
+                text, value = _e(rank), rank if rank != "-" else ""
             else:
-                text, value = _cell(row, key, style)
+                text, value = _e(cell_text(row, key)), _sort_value(row, key)
             if key == "name":
-                text = f"<a href='#{_anchor(row['name'])}'>{_e(text)}</a>"
-            else:
-                text = _e(text)
+                text = f"<a href='#{_anchor(row['name'])}'>{text}</a>"
             cells.append(f"<td data-v='{_e(value)}'>{text}</td>")
         marked = " class='other'" if row["data"] == DATA_LABELS["different"] else ""
         body.append(f"<tr{marked} data-name='{_e(row['name'])}' data-model='{_e(row['model'])}'>{''.join(cells)}</tr>")
@@ -170,12 +133,12 @@ def _row_section(row: dict, rank: str, group: Group, best: Group, split: str, wi
     facts = {
         "model": row["model"], "settings": row["settings"] or "-",
         "seeds": ", ".join(str(s) for s in group.seeds) if not group.single else (group.seeds[0] if group.seeds[0] is not None else "-"),
-        f"{split} accuracy": _cell(row, "accuracy", "interval")[0] + (" (over seeds)" if not group.single else ""),
-        "macro-F1": _cell(row, "macro_f1", "interval")[0],
-        "accuracy without duplicates": _cell(row, "accuracy_no_duplicates", "{:.4f}")[0],
-        "trained on": _trained_where(first), "training time": _cell(row, "training_seconds", "minutes")[0]
+        f"{split} accuracy": cell_text(row, "accuracy") + (" (over seeds)" if not group.single else ""),
+        "macro-F1": cell_text(row, "macro_f1"),
+        "accuracy without duplicates": cell_text(row, "accuracy_no_duplicates"),
+        "trained on": _trained_where(first), "training time": cell_text(row, "training_seconds")
         + (" (mean over seeds)" if not group.single else ""),
-        "epochs": _cell(row, "epochs", "{:g}")[0], "data fingerprint": first.metrics.get("data_fingerprint", "-"),
+        "epochs": cell_text(row, "epochs"), "data fingerprint": first.metrics.get("data_fingerprint", "-"),
         "git commit": first.environment.get("git_commit", "-"), "folder": ", ".join(str(r.path) for r in group.runs[:3])
         + (f" and {len(group.runs) - 3} more" if len(group.runs) > 3 else ""),
     }

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from fer_bench.backends import usable_cores
 from fer_bench.data.dataset import FerData
 from fer_bench.errors import FerBenchError
 from fer_bench.registry import Registry
@@ -70,13 +71,6 @@ def visible_gpus() -> list[str]:
     except (OSError, subprocess.SubprocessError):
         return []
     return [str(i) for i, line in enumerate(line for line in out.splitlines() if line.startswith("GPU "))]
-
-
-def usable_cores() -> list[int]:
-    try:
-        return sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return list(range(os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
