@@ -37,7 +37,7 @@ def test_defaults_fill_missing_sections(tmp_path):
     ("data: {classes: [happy, joy]}", r"data.classes: unknown 'joy'; choose from \['angry'"),
     ("data: {classes: [happy]}", r"data.classes must name at least 2"),
     ("data: {colour: blue}", r"data.colour must be one of \['grayscale', 'rgb'\]"),
-    ("train: {class_weight: heavy}", r"train.class_weight must be one of \['none', 'balanced'\]"),
+    ("train: {class_weight: heavy}", r"train.class_weight must be one of \['none', 'balanced', 'sqrt_balanced'\]"),
     ("train: {class_weight: {joy: 2}}", r"train.class_weight: unknown class 'joy'"),
     ("runtime: {jit_compile: sometimes}", r"runtime.jit_compile must be one of \['auto', true, false\]"),
     ("runtime: {backend: torch}", r"runtime.backend must be one of \['auto', 'tensorflow', 'jax'\]; got 'torch'"),

@@ -81,3 +81,14 @@ def test_backbone_batchnorm_learns_from_scratch_and_stays_fixed_in_a_fine_tune(p
     model.fit(pixels, np.eye(3)[[0, 1, 2, 0]], epochs=1, verbose=0)
     assert not np.allclose(before_bias, np.array(head.bias))
     assert np.allclose(before_mean, np.array(batchnorm.moving_mean)) == (phase == "fine_tune")
+
+
+def test_class_weights_balanced_and_its_square_root():
+    from fer_bench.training.fit import class_weights
+
+    labels = np.array([0] * 8 + [1] * 2)  # n=10, k=2: balanced = 10/(2*8), 10/(2*2)
+    classes = ("happy", "disgust")
+    assert class_weights(labels, classes, "none") is None
+    np.testing.assert_allclose(class_weights(labels, classes, "balanced"), [0.625, 2.5])
+    np.testing.assert_allclose(class_weights(labels, classes, "sqrt_balanced"), [0.625 ** 0.5, 2.5 ** 0.5])
+    np.testing.assert_allclose(class_weights(labels, classes, {"disgust": 3.0}), [1.0, 3.0])

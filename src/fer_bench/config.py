@@ -149,7 +149,8 @@ class TrainConfig:
     sampling: str = _field("none", Options(("none", "oversample", "undersample")),
                            "per epoch, every class as often as the largest (oversample) or smallest (undersample)")
     class_weight: str | dict[str, Annotated[float, Interval(0.0, low_open=True)]] = _field(
-        "none", Options(("none", "balanced")), "none | balanced | {emotion: weight}")
+        "none", Options(("none", "balanced", "sqrt_balanced")),
+        "none | balanced (n / (k * count)) | sqrt_balanced (its square root: a softer push towards rare classes) | {emotion: weight}")
     seed: int = _field(42, Interval(0), "seeds initialisation, data order, augmentation and dropout (not the data: see data.seed)")
     deterministic: bool = _field(False, doc="op determinism (TensorFlow's, or XLA's deterministic GPU ops on jax): "
                                                 "reproducible, somewhat slower")

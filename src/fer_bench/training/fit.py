@@ -49,12 +49,13 @@ def make_optimizer(cfg: TrainConfig, learning_rate: float, steps: int) -> Any:
 
 
 def class_weights(labels: np.ndarray, classes: tuple[str, ...], setting: str | dict[str, float]) -> np.ndarray | None:
-    """Per-class loss weights: None, 'balanced' (n / (k * count)), or an explicit mapping (others 1.0)."""
+    """Per-class loss weights: None, 'balanced' (n / (k * count)), its square root, or a mapping (others 1.0)."""
     if setting == "none":
         return None
-    if setting == "balanced":
+    if setting in ("balanced", "sqrt_balanced"):
         counts = np.bincount(labels, minlength=len(classes)).astype(np.float64)
-        return np.where(counts > 0, len(labels) / (len(classes) * np.maximum(counts, 1)), 0.0)
+        balanced = np.where(counts > 0, len(labels) / (len(classes) * np.maximum(counts, 1)), 0.0)
+        return np.sqrt(balanced) if setting == "sqrt_balanced" else balanced
     return np.array([float(setting.get(c, 1.0)) for c in classes])
 
 
