@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from fer_bench.cli import app
 from fer_bench.evaluation.metrics import bootstrap_scores, confidence_interval, holm_adjusted, mcnemar_exact
+from fer_bench.evaluation.predictors import load_predictor
 from fer_bench.reporting.compare import comparison_table, significance_table, significance_text, trained_on
 from fer_bench.reporting.groups import group_runs
 from fer_bench.runs.artifacts import Run
@@ -200,6 +201,10 @@ def test_ensemble_averages_member_probabilities(trained_runs, tmp_path):
     assert metrics["kind"] == "ensemble" and len(metrics["members"]) == 2
     again = invoke("ensemble", *members, "--name", "both", "--results-dir", tmp_path)
     assert again.exit_code == 1 and "already exists" in again.output
+    # Its model.keras averages the members' models: on new faces it predicts what the members average to.
+    faces = np.random.default_rng(0).integers(0, 256, (5, 48, 48), dtype=np.uint8)
+    member_mean = np.mean([load_predictor(m).predict_proba(faces) for m in members], axis=0)
+    assert np.allclose(load_predictor(tmp_path / "both").predict_proba(faces), member_mean, atol=1e-5)
 
 
 @pytest.mark.slow

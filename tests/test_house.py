@@ -149,8 +149,9 @@ def test_building_a_comparison_writes_nothing_and_writing_it_writes_its_figures(
 
 
 @pytest.mark.slow
-def test_extra_callbacks_plug_into_training(fer_folder):
+def test_extra_callbacks_plug_into_training_and_each_phase_traces_its_step_once(fer_folder, monkeypatch):
     import keras
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
 
     from fer_bench.backends import configure_runtime
     from fer_bench.data.dataset import load_data
@@ -166,9 +167,14 @@ def test_extra_callbacks_plug_into_training(fer_folder):
         "data.classes=[angry, happy]", "train.epochs=2", "model.params.filters=[8]", "train.batch_size=8",
         "train.early_stopping_patience=null"])
     data = load_data(exp.data, exp.classes, fer_folder, progress=False)
+    # train_step runs in Python only while TensorFlow traces it: a trace that creates the optimizer's
+    # variables is traced again (seconds a phase), unless they exist before fit starts.
+    traces, step = [], TensorFlowTrainer.train_step
+    monkeypatch.setattr(TensorFlowTrainer, "train_step", lambda self, batch: traces.append(1) or step(self, batch))
     result = train_model(exp, data, configure_runtime(exp.runtime, 0, False), callbacks=[Count()])
     assert [epoch for epoch, _ in Count.epochs] == [0, 1] and len(result.history) == 2
     assert "val_accuracy" in Count.epochs[0][1]
+    assert len(traces) == 1
 
 
 # --- tests that can fail ------------------------------------------------------------------------------------

@@ -42,6 +42,17 @@ def test_backbone_loads_a_local_weights_file(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(loaded, source.get_weights()))
 
 
+def test_custom_cnn_trains_on_from_a_runs_model_file_whatever_its_dropout(tmp_path):
+    """configs/cpu/tuned_cnn_continued.yaml: stage 2 starts from stage 1's model.keras, with other dropout rates."""
+    params = {"filters": [8, 16], "dense_units": 8}
+    stage_one = build_model(experiment("custom_cnn", params={**params, "block_dropout": 0.1, "dropout": 0.4}))
+    path = tmp_path / "model.keras"
+    stage_one.save(path)
+    stage_two = build_model(experiment("custom_cnn", weights=str(path), params={**params, "block_dropout": 0.05,
+                                                                                 "dropout": 0.3}))
+    assert all(np.array_equal(a, b) for a, b in zip(stage_two.get_weights(), stage_one.get_weights()))
+
+
 def test_failed_imagenet_download_is_a_clear_error(monkeypatch):
     from keras.src.utils import file_utils
 

@@ -125,7 +125,8 @@ class FineTuneConfig:
 class ModelConfig:
     name: str = _field("custom_cnn", doc="a key of the model registry (`fer-bench models`)")
     params: dict[str, Any] = _field({}, doc="keyword arguments of the model builder")
-    weights: str | None = _field(None, doc="imagenet | null | path to a weights file (backbones only)")
+    weights: str | None = _field(None, doc="imagenet | null | path to a weights file (a backbone's notop file; for a "
+                                           "custom_cnn, a run's model.keras to train on from)")
     fine_tune: FineTuneConfig | None = _field(None, doc="two-phase fine-tune; null trains all layers at once")
 
 

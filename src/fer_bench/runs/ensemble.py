@@ -1,4 +1,8 @@
-"""Ensembles: average the saved class probabilities of several runs into a run of its own."""
+"""Ensembles: average the saved class probabilities of several runs into a run of its own.
+
+When every member is a Keras run, the ensemble also saves one `model.keras` that averages the members' models,
+so that it predicts on new faces like any run (and can be the shipped model).
+"""
 
 from __future__ import annotations
 
@@ -68,6 +72,11 @@ def ensemble_runs(run_paths: list[Path], name: str, results_dir: Path | None = N
         member_names = [str(m.path) for m in members]
         run.write_yaml("config.yaml", {"name": name, "model": {"name": "ensemble", "members": member_names}})
         metrics = write_evaluation(run, classes, predictions, name)
+        model_files = [m.path / "model.keras" for m in members]
+        if all(f.is_file() for f in model_files):
+            from fer_bench.models.saved import averaged_model
+
+            run.save_model(averaged_model(model_files))
         run.write_json("environment.json", {**environment_record(), "started": started, "finished": now()})
         record = {
             "run": name, "model": "ensemble", "kind": "ensemble", "members": member_names, "classes": list(classes),

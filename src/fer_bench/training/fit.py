@@ -88,6 +88,16 @@ def compile_for_training(model: Any, cfg: TrainConfig, learning_rate: float, ste
                   jit_compile=runtime.jit_compile, steps_per_execution=runtime.steps_per_execution)
 
 
+def build_training_state(model: Any, batch_spec: Any) -> None:
+    """Create the optimizer's slots and the metrics' totals now, from the shapes of a batch.
+
+    Keras on TensorFlow without a distribution strategy leaves them to the first trace of the train step,
+    and TensorFlow traces a function a second time when its first trace created variables: built here,
+    each fit traces its train step once (on this project's CPU a second trace cost seconds per phase).
+    """
+    model._symbolic_build(data_batch=tuple(batch_spec))  # what Keras itself calls under a strategy
+
+
 def _phases(exp: Experiment) -> list[tuple[str, int, float]]:
     """(phase name, epochs, learning rate): one phase, or head-then-fine-tune for a backbone."""
     plan = exp.model.fine_tune
@@ -168,6 +178,7 @@ def fit_phase(model: Any, cfg: TrainConfig, runtime: Runtime, feed: EpochFeed, v
     start = time.perf_counter()
     with runtime.scope():
         compile_for_training(model, cfg, learning_rate, epochs * feed.steps, runtime)
+        build_training_state(model, (feed.dataset if dataset is None else dataset).element_spec)
         model.fit(feed.dataset if dataset is None else dataset, validation_data=validation, initial_epoch=initial_epoch,
                   epochs=initial_epoch + epochs if last_epoch is None else last_epoch,
                   callbacks=[FeedEpoch(feed), *callbacks], shuffle=False, verbose=0)
