@@ -20,9 +20,13 @@ for backbone in mobilenetv2 resnet50 vgg16; do
 done
 fer-bench ensemble "$out/cpu-tuned_cnn" "$out/cpu-svm_tuned_cnn_features" "$out/cpu-hog_svm" \
   --name ensemble-tuned-cnn-svm-hog
-# The model that ships inside the package: the same recipe, trained again (run files are not committed).
+# The model that ships inside the package: the same recipe trained again (run files are not committed), then a
+# second stage from its model.keras, plain and with square-root class weights (the one that ships).
 run configs/cpu/tuned_cnn.yaml --name cpu-tuned_cnn-shipped
-python scripts/ship_model.py "$out/cpu-tuned_cnn-shipped"
+for stage in tuned_cnn_continued tuned_cnn_continued_sqrt_weights; do
+  run configs/cpu/$stage.yaml --name cpu-$stage
+done
+python scripts/ship_model.py "$out/cpu-tuned_cnn_continued_sqrt_weights"
 python scripts/detectors.py --data-dir "$data" --model src/fer_bench/shipped --out results/benchmark
 fer-bench compare "$out"
 # README's reference tables are this script's output: python scripts/reference_section.py
