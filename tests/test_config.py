@@ -1,4 +1,5 @@
 import pytest
+import yaml
 from conftest import CONFIGS
 
 from fer_bench.config import describe_schema, from_dict, read_config
@@ -15,7 +16,14 @@ def write(tmp_path, text):
 def test_every_shipped_config_loads_and_validates():
     assert {p.stem for p in CONFIGS} >= {"custom_cnn", "custom_cnn_aug", "mobilenetv2", "vgg16", "resnet50"}
     for path in CONFIGS:
-        exp = load_experiment(path)
+        try:
+            exp = load_experiment(path)
+        except ConfigError as error:
+            # A second stage reads the model.keras its first stage writes (model files are not committed): until
+            # that run exists here, it is refused with the one line that names the file.
+            weights = yaml.safe_load(path.read_text())["model"]["weights"]
+            assert weights.endswith("/model.keras") and str(error).startswith("model.weights: file not found: ")
+            exp = load_experiment(path, ["model.weights=null"])
         assert exp.name == path.stem
 
 
