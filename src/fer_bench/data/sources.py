@@ -55,8 +55,8 @@ def _class_folders(root: Path) -> list[Path]:
 
 
 def _list_images(folder: Path, root: Path, group: str) -> list[Item]:
-    # os.scandir knows each entry's type without a stat: listing FER-2013's 35,887 files takes a tenth of
-    # what Path.iterdir and is_file took, and every run lists the whole folder before taking its subset.
+    # os.scandir knows each entry's type without a stat: listing FER-2013's 35,887 files takes half the CPU time
+    # Path.iterdir and is_file took (0.57 s against 1.1 here), and every run lists the whole folder first.
     emotion = _emotion_of_folder(folder)
     prefix = str(folder.relative_to(root))
     with os.scandir(folder) as entries:
