@@ -176,10 +176,11 @@ def fit_phase(model: Any, cfg: TrainConfig, runtime: Runtime, feed: EpochFeed, v
     from fer_bench.training.callbacks import FeedEpoch
 
     start = time.perf_counter()
+    batches = feed.dataset if dataset is None else dataset
     with runtime.scope():
         compile_for_training(model, cfg, learning_rate, epochs * feed.steps, runtime)
-        build_training_state(model, (feed.dataset if dataset is None else dataset).element_spec)
-        model.fit(feed.dataset if dataset is None else dataset, validation_data=validation, initial_epoch=initial_epoch,
+        build_training_state(model, batches.element_spec)
+        model.fit(batches, validation_data=validation, initial_epoch=initial_epoch,
                   epochs=initial_epoch + epochs if last_epoch is None else last_epoch,
                   callbacks=[FeedEpoch(feed), *callbacks], shuffle=False, verbose=0)
     return time.perf_counter() - start
