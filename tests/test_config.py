@@ -22,7 +22,8 @@ def test_every_shipped_config_loads_and_validates():
             # A second stage reads the model.keras its first stage writes (model files are not committed): until
             # that run exists here, it is refused with the one line that names the file.
             weights = yaml.safe_load(path.read_text())["model"]["weights"]
-            assert weights.endswith("/model.keras") and str(error).startswith("model.weights: file not found: ")
+            assert weights.endswith("/model.keras") and str(error).startswith("model.weights: file not found: ") \
+                and str(error).endswith("(a run's model file: train that run first)")
             exp = load_experiment(path, ["model.weights=null"])
         assert exp.name == path.stem
 

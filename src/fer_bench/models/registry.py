@@ -74,7 +74,9 @@ def check_model_config(exp: Experiment) -> None:
             raise ConfigError(f"model.fine_tune applies to backbones {MODELS.having('preprocess')}, not {cfg.name}; "
                               "set it to null")
     if cfg.weights not in (None, "imagenet") and not Path(cfg.weights).is_file():
-        raise ConfigError(f"model.weights: file not found: {cfg.weights} (use imagenet, null or a weights file)")
+        hint = ("a run's model file: train that run first" if Path(cfg.weights).name == "model.keras"
+                else "use imagenet, null or a weights file")
+        raise ConfigError(f"model.weights: file not found: {cfg.weights} ({hint})")
 
 
 def build_model(exp: Experiment) -> Any:
