@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # files only: never needs a display
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.image import AxesImage  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fer_bench.evaluation.metrics import row_normalise  # noqa: E402
@@ -18,21 +19,37 @@ from fer_bench.evaluation.metrics import row_normalise  # noqa: E402
 
 def confusion_figure(matrix: np.ndarray, classes: Sequence[str], title: str) -> plt.Figure:
     """Counts and row-normalised confusion matrices side by side."""
-    import seaborn as sns  # here: only the per-run figure uses it, and compare stays quick
-
     fig, axes = plt.subplots(1, 2, figsize=(14, 6), constrained_layout=True)
-    sns.heatmap(matrix, annot=True, fmt="d", cmap="Blues", cbar=False, ax=axes[0],
-                xticklabels=classes, yticklabels=classes)
-    sns.heatmap(row_normalise(matrix), annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=1, ax=axes[1],
-                xticklabels=classes, yticklabels=classes, cbar_kws={"label": "fraction of the true class"})
+    _confusion_panel(axes[0], matrix, classes, "{:d}", vmax=max(int(matrix.max()), 1), aspect="auto")
+    image = _confusion_panel(axes[1], row_normalise(matrix), classes, "{:.2f}", vmax=1, aspect="auto")
+    fig.colorbar(image, ax=axes[1], label="fraction of the true class")
     for ax, subtitle in zip(axes, ("counts", "row-normalised (recall on the diagonal)")):
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
         ax.set_title(subtitle)
-        ax.tick_params(axis="x", rotation=45)
-        ax.tick_params(axis="y", rotation=0)
     fig.suptitle(title, fontsize=14)
     return fig
+
+
+def _confusion_panel(ax: plt.Axes, values: np.ndarray, classes: Sequence[str], number: str | None, vmax: float,
+                     fontsize: float | None = None, aspect: str = "equal") -> AxesImage:
+    """One confusion matrix, true classes down, predicted across, each cell written in `number` (None: unwritten).
+
+    Plain imshow, not seaborn: seaborn redraws the whole figure for each panel it adds (to check whether its
+    tick labels overlap), which cost every run a second and a 50-run comparison minutes.
+    """
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=vmax, aspect=aspect)  # NaN rows (a class with no images) stay blank
+    for row in np.flatnonzero(np.isnan(values).all(axis=1)):
+        ax.text((len(classes) - 1) / 2, row, "no images", ha="center", va="center", fontsize=fontsize or 7, color="grey")
+    if number is not None:
+        for (row, column), value in np.ndenumerate(values):
+            if not np.isnan(value):
+                ax.text(column, row, number.format(value.item()), ha="center", va="center",
+                        fontsize=fontsize and fontsize - 1,
+                        color="white" if value > 0.6 * vmax else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=fontsize)
+    ax.set_yticks(range(len(classes)), classes, fontsize=fontsize)
+    ax.set_xlabel("predicted", fontsize=fontsize and fontsize + 1)
+    ax.set_ylabel("true", fontsize=fontsize and fontsize + 1)
+    return image
 
 
 def curves_figure(history: list[dict], title: str) -> plt.Figure:
@@ -196,33 +213,17 @@ MAX_CONFUSION_PANELS = 16
 
 def confusion_grid_figure(names: Sequence[str], matrices: Sequence[np.ndarray], classes: Sequence[Sequence[str]],
                           split: str, other_data: Sequence[bool] | None = None, total: int | None = None) -> plt.Figure:
-    """Row-normalised confusion matrices side by side, one panel per run (the first 16 in the given order).
-
-    Plain imshow, not seaborn: seaborn redraws the whole figure for every panel, which took
-    minutes for 50 runs.
-    """
+    """Row-normalised confusion matrices side by side, one panel per run (the first 16 in the given order)."""
     shown = min(len(names), MAX_CONFUSION_PANELS)
     columns = min(4, shown)
     rows = int(np.ceil(shown / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(3.8 * columns, 3.8 * rows), squeeze=False)
-    annotate = shown <= 8
+    number = "{:.2f}" if shown <= 8 else None
     other_data = list(other_data) if other_data is not None else [False] * len(names)
     image = None
     for ax, name, matrix, labels, other in zip(axes.flat, names, matrices, classes, other_data):
-        normalised = row_normalise(matrix)
-        image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)  # NaN rows (no images) stay blank
-        for row in np.flatnonzero(np.isnan(normalised).all(axis=1)):
-            ax.text((len(labels) - 1) / 2, row, "no images", ha="center", va="center", fontsize=7, color="grey")
-        if annotate:
-            for (row, column), value in np.ndenumerate(normalised):
-                if not np.isnan(value):
-                    ax.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if value > 0.6 else "black")
-        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        image = _confusion_panel(ax, row_normalise(matrix), labels, number, vmax=1, fontsize=8)
         ax.set_title(_label(name, other), fontsize=9)
-        ax.set_xlabel("predicted", fontsize=9)
-        ax.set_ylabel("true", fontsize=9)
     for ax in list(axes.flat)[shown:]:
         ax.axis("off")
     title = f"Row-normalised confusion matrices, {split} split (diagonal = recall)"

@@ -40,7 +40,7 @@ except ImportError:  # Windows: no advisory locks; runs of the same name must no
 
 LOCK_FILE = ".lock"
 PACKAGES = ("fer-bench", "tensorflow", "tensorflow-cpu", "keras", "numpy", "scikit-learn", "pandas",
-            "matplotlib", "seaborn", "pyyaml", "typer", "pillow", "kagglehub")
+            "matplotlib", "pyyaml", "typer", "pillow", "kagglehub")
 
 
 def now() -> str:
