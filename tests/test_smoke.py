@@ -2,7 +2,7 @@
 
 The CPU twins under configs/cpu/ (and the two costliest backbones) run on a two-class subset, so that every
 deep model family (and the CNN-feature SVM) is also proven on `data.classes` other than all seven;
-test_classical covers every classifier on two classes. The twins in NOT_TRAINED are checked, not trained.
+test_classical covers every classifier on two classes. The configs in NOT_TRAINED are checked, not trained.
 """
 
 import pytest
@@ -25,11 +25,13 @@ def test_two_class_smoke_runs_cover_every_deep_model_family():
 
 @pytest.mark.parametrize("config", [c for c in CONFIGS if config_id(c) in NOT_TRAINED], ids=NOT_TRAINED)
 def test_a_twin_that_is_not_trained_differs_from_a_trained_config_only_in_settings(config):
-    """What training would check first: it loads with the smoke overrides, and its model family trains elsewhere."""
+    """What training would check first: it loads with the smoke overrides, its model family trains elsewhere, and
+    so does its way of training (a backbone whole or in two phases, a network or features for a classifier)."""
     exp = load_experiment(config, tiny_overrides(config))
     trained = [load_experiment(c) for c in SMOKE_CONFIGS]
     assert any(t.model.name == exp.model.name for t in trained)
-    assert any(t.model.fine_tune is None and is_backbone(t.model.name) for t in trained)
+    way = lambda e: (is_backbone(e.model.name), e.model.fine_tune is None, e.features is None)
+    assert any(way(t) == way(exp) for t in trained)
 
 
 @pytest.mark.slow
