@@ -152,19 +152,20 @@ def test_two_runs_of_the_same_name_at_once(tmp_path, env):
     data = make_fer_folder(tmp_path / "data", counts=(70, 8, 8), classes=("angry", "happy", "surprise"))
     results = tmp_path / "results"
     first_args = command("custom_cnn.yaml", data, results, "x", "train.early_stopping_patience=null",
-                         "train.epochs=12", "model.params.filters=[16, 32]")
+                         "train.epochs=2", "model.params.filters=[16, 32]")
     first_args.remove("--name"), first_args.remove("x")  # the config's own name: custom_cnn
     first = subprocess.Popen(first_args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: (results / "custom_cnn" / "checkpoint" / "state.json").is_file())
-        same_name = subprocess.run(command("custom_cnn.yaml", data, results, "custom_cnn", "train.epochs=12",
+        # Paused mid-run (its lock held, its process alive) while the others start: no race, no epochs to spare.
+        os.kill(first.pid, signal.SIGSTOP)
+        same_name = subprocess.run(command("custom_cnn.yaml", data, results, "custom_cnn", "train.epochs=2",
                                            "model.params.filters=[16, 32]"), env=env, capture_output=True, text=True)
         default_name = subprocess.Popen(first_args + ["--set", "train.epochs=1"], env=env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        wait_for(lambda: (results / "custom_cnn-2").exists() or default_name.poll() is not None)
-        assert first.poll() is None, "the first run ended before the others started; give it more epochs"
         default_stderr = default_name.communicate(timeout=300)[1]
     finally:
+        os.kill(first.pid, signal.SIGCONT)
         first_stderr = first.communicate(timeout=300)[1]
     assert same_name.returncode == 1
     assert same_name.stderr.strip().splitlines() == [
@@ -175,5 +176,5 @@ def test_two_runs_of_the_same_name_at_once(tmp_path, env):
     assert first.returncode == 0, first_stderr[-2000:]
     for run in ("custom_cnn", "custom_cnn-2"):
         assert read(results / run / "status.json")["state"] == "finished"
-    assert read(results / "custom_cnn" / "metrics.json")["epochs_run"] == 12
+    assert read(results / "custom_cnn" / "metrics.json")["epochs_run"] == 2
     assert read(results / "custom_cnn-2" / "metrics.json")["epochs_run"] == 1
