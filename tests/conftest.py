@@ -89,14 +89,8 @@ def smoke_data() -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
-    """The tests that train first, the quick ones after them, and last those that read the JAX worker's results.
-
-    Two test processes share out the tests in this order: with the long ones first, the quick ones fill whatever
-    is left at the end (run in file order, a 2-minute Ray sweep started last kept one core idle), and the JAX
-    worker has all the others to run beside.
-    """
-    items.sort(key=lambda item: (item.get_closest_marker("jax_worker") is not None,
-                                 item.get_closest_marker("slow") is None))
+    """The tests that read the JAX worker's results go last, so the worker has all the others to run beside."""
+    items.sort(key=lambda item: item.get_closest_marker("jax_worker") is not None)
 
 
 @pytest.fixture(autouse=True)
