@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from fer_bench.console import ProgressBar
+from fer_bench.errors import RunError
 from fer_bench.files import atomic_write
 
 
@@ -143,6 +144,10 @@ class Checkpoint(keras.callbacks.Callback):
     def _seed_variables(self) -> list:
         return [v for v in self.model.non_trainable_variables if "seed_generator_state" in v.path]
 
+    def _training_variables(self) -> list:
+        """The model's variables, then the optimizer's (its step count, slots and loss scale), in a fixed order."""
+        return [*self.model.variables, *self.model.optimizer.variables]
+
     def _write_state(self, state: dict) -> None:
         atomic_write(self.directory / self.STATE, lambda tmp: tmp.write_text(json.dumps(state)))
         keep = {state.get("weights"), state.get("seeds"), state.get("model_weights"), state["best"].get("file"), self.STATE}
@@ -166,8 +171,11 @@ class Checkpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.directory.mkdir(parents=True, exist_ok=True)
         tag = f"{self.phase}-{epoch + 1}"
-        weights = f"{tag}.weights.h5"
-        atomic_write(self.directory / weights, self.model.save_weights)  # model and optimizer
+        weights = f"{tag}-training.npz"
+        # The arrays themselves: Keras' save_weights walks every layer's saveable tree, which took a MobileNetV2
+        # 0.5 CPU-s an epoch against 0.1 here (and loading 0.8 against 0.2).
+        values = [np.asarray(v.numpy()) for v in self._training_variables()]
+        atomic_write(self.directory / weights, lambda tmp: np.savez(tmp, *values))
         self._write_state({
             **self._common_state(tag), "phase": self.phase, "epoch": epoch + 1, "weights": weights,
             "stopped": bool(self.model.stop_training),
@@ -197,6 +205,18 @@ class Checkpoint(keras.callbacks.Callback):
         for variable, value in zip(self._seed_variables(), seeds):
             variable.assign(value)
 
+    def _restore_training_variables(self, path: Path) -> None:
+        if path.name.endswith(".weights.h5"):  # an earlier fer-bench's checkpoint, in Keras' own format
+            self.model.load_weights(path)
+            return
+        variables = self._training_variables()
+        with np.load(path) as saved:
+            if len(saved.files) != len(variables):
+                raise RunError(f"{path} holds {len(saved.files)} arrays for a model and optimizer of "
+                                   f"{len(variables)} variables; pass --restart to train afresh")
+            for i, variable in enumerate(variables):
+                variable.assign(saved[f"arr_{i}"])
+
     def restore_model_weights(self, state: dict) -> None:
         with np.load(self.directory / state["model_weights"]) as saved:
             self.model.set_weights([saved[f"arr_{i}"] for i in range(len(saved.files))])
@@ -208,7 +228,7 @@ class Checkpoint(keras.callbacks.Callback):
             return
         if not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(self.directory / state["weights"])
+        self._restore_training_variables(self.directory / state["weights"])
         self.restore_shared(state)
         for callback, counters in zip(self.stateful, state["callbacks"]):
             for key, value in counters.items():
