@@ -91,11 +91,12 @@ def test_several_configs_one_failing_does_not_stop_the_rest(fer_folder, tmp_path
 
 @pytest.mark.slow
 def test_a_finished_default_name_gets_a_numbered_sibling(fer_folder, tmp_path):
+    """The runner names every kind of run alike: a classical one, trained in a second, stands for them all."""
     for _ in range(2):
-        out = invoke("run", REPO / "configs/custom_cnn.yaml", "--data-dir", fer_folder, "--results-dir", tmp_path,
-                     "--set", "train.epochs=1", *TINY[2:])
+        out = invoke("run", REPO / "configs/hog_svm.yaml", "--data-dir", fer_folder, "--results-dir", tmp_path,
+                     "--set", "search.max_samples=null")
         assert out.exit_code == 0, out.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["custom_cnn", "custom_cnn-2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hog_svm", "hog_svm-2"]
 
 
 def test_data_inspect_reports_splits_and_duplicates(tmp_path):
