@@ -12,6 +12,12 @@ from PIL import Image
 
 from fer_bench import EMOTIONS
 
+# Two test processes, the JAX worker and the runs they start share the cores: one thread each in TensorFlow's and
+# OpenMP's pools (set before anything loads TensorFlow, and inherited by every process started here), so that no
+# pool waits spinning on a core that another process needs. A sweep's workers still get their own share.
+for _pool in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+    os.environ.setdefault(_pool, "1")
+
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("FER_BENCH_REAL_DATA", REPO.parent / "shared" / "fer2013"))
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
