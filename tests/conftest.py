@@ -31,9 +31,10 @@ def config_id(config: Path) -> str:
 # end here: loaded and checked, not trained, so that the slow set stays lean. The CPU twins of custom_cnn, tuned_cnn
 # and hog_svm (the same code paths as their originals); mobilenetv2 and resnet50 fine-tuned in two phases
 # (mobilenetv2.yaml and resnet50.yaml train that way); vgg16.yaml (vgg16 trains whole as cpu/vgg16, and two phases
-# are the other backbones'); the tuned CNN's second stages (their start from a run's model.keras: test_models); a
-# classifier on CNN features or HOG other than the trained one (cpu/svm_cnn_features trains that way, hog_svm the
-# other, and test_classical fits every classifier).
+# are the other backbones'); the tuned CNN's second stages (their start from a run's model.keras: test_models);
+# rf_cnn_features and cpu/hog_rf, another classifier on the features of cpu/svm_cnn_features and hog_svm (which
+# train those ways; test_classical fits every classifier); svm_cnn_features, cpu/svm_cnn_features with another
+# first-stage CNN config.
 NOT_TRAINED = ("cpu/custom_cnn.yaml", "cpu/hog_rf.yaml", "cpu/hog_svm.yaml", "cpu/mobilenetv2.yaml", "cpu/resnet50.yaml",
                "cpu/tuned_cnn.yaml", "cpu/tuned_cnn_continued.yaml", "cpu/tuned_cnn_continued_sqrt_weights.yaml",
                "rf_cnn_features.yaml", "svm_cnn_features.yaml", "vgg16.yaml")
