@@ -106,6 +106,16 @@ class BatchProgress(keras.callbacks.Callback):
         self.bar.close()
 
 
+def _save_arrays(path: Path, arrays: list) -> None:
+    atomic_write(path, lambda tmp: np.savez(tmp, *arrays))
+
+
+def _load_arrays(path: Path) -> list[np.ndarray]:
+    """The arrays `_save_arrays` wrote, in their order."""
+    with np.load(path) as saved:
+        return [saved[f"arr_{i}"] for i in range(len(saved.files))]
+
+
 class Checkpoint(keras.callbacks.Callback):
     """After every epoch, save all that training needs to continue exactly where it stopped.
 
@@ -160,7 +170,7 @@ class Checkpoint(keras.callbacks.Callback):
         if self.best.best_weights is not None:
             best_file = f"best-{self.best.best_epoch}.npz"
             if not (self.directory / best_file).is_file():
-                atomic_write(self.directory / best_file, lambda tmp: np.savez(tmp, *self.best.best_weights))
+                _save_arrays(self.directory / best_file, self.best.best_weights)
         seeds = f"{tag}-seeds.npy"
         values = np.array([np.asarray(v.numpy()) for v in self._seed_variables()])
         atomic_write(self.directory / seeds, lambda tmp: np.save(tmp, values))
@@ -174,8 +184,7 @@ class Checkpoint(keras.callbacks.Callback):
         weights = f"{tag}-training.npz"
         # The arrays themselves: Keras' save_weights walks every layer's saveable tree, which took a MobileNetV2
         # 0.5 CPU-s an epoch against 0.1 here (and loading 0.8 against 0.2).
-        values = [np.asarray(v.numpy()) for v in self._training_variables()]
-        atomic_write(self.directory / weights, lambda tmp: np.savez(tmp, *values))
+        _save_arrays(self.directory / weights, [np.asarray(v.numpy()) for v in self._training_variables()])
         self._write_state({
             **self._common_state(tag), "phase": self.phase, "epoch": epoch + 1, "weights": weights,
             "stopped": bool(self.model.stop_training),
@@ -187,8 +196,7 @@ class Checkpoint(keras.callbacks.Callback):
         """Mark this phase done; keep the model's weights (not the optimizer's) for the next one."""
         self.completed.append(self.phase)
         weights = f"{self.phase}-end.npz"
-        values = self.model.get_weights()
-        atomic_write(self.directory / weights, lambda tmp: np.savez(tmp, *values))
+        _save_arrays(self.directory / weights, self.model.get_weights())
         self._write_state({**self._common_state(f"{self.phase}-end"), "phase": None, "model_weights": weights})
 
     # -- restoring -----------------------------------------------------------------------------
@@ -198,8 +206,7 @@ class Checkpoint(keras.callbacks.Callback):
         self.history[:] = state["history"]
         best = state["best"]
         if best["file"]:
-            with np.load(self.directory / best["file"]) as saved:
-                self.best.best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+            self.best.best_weights = _load_arrays(self.directory / best["file"])
             self.best.best, self.best.best_epoch = best["value"], best["epoch"]
         seeds = np.load(self.directory / state["seeds"])
         for variable, value in zip(self._seed_variables(), seeds):
@@ -209,17 +216,15 @@ class Checkpoint(keras.callbacks.Callback):
         if path.name.endswith(".weights.h5"):  # an earlier fer-bench's checkpoint, in Keras' own format
             self.model.load_weights(path)
             return
-        variables = self._training_variables()
-        with np.load(path) as saved:
-            if len(saved.files) != len(variables):
-                raise RunError(f"{path} holds {len(saved.files)} arrays for a model and optimizer of "
-                                   f"{len(variables)} variables; pass --restart to train afresh")
-            for i, variable in enumerate(variables):
-                variable.assign(saved[f"arr_{i}"])
+        variables, values = self._training_variables(), _load_arrays(path)
+        if len(values) != len(variables):
+            raise RunError(f"{path} holds {len(values)} arrays for a model and optimizer of {len(variables)} "
+                           "variables; pass --restart to train afresh")
+        for variable, value in zip(variables, values):
+            variable.assign(value)
 
     def restore_model_weights(self, state: dict) -> None:
-        with np.load(self.directory / state["model_weights"]) as saved:
-            self.model.set_weights([saved[f"arr_{i}"] for i in range(len(saved.files))])
+        self.model.set_weights(_load_arrays(self.directory / state["model_weights"]))
 
     def on_train_begin(self, logs=None):
         self._fit_start = time.perf_counter()
