@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_fer_folder
 from helpers import check_run
 from typer.testing import CliRunner
 
@@ -205,6 +206,46 @@ def test_ensemble_averages_member_probabilities(trained_runs, tmp_path):
     faces = np.random.default_rng(0).integers(0, 256, (5, 48, 48), dtype=np.uint8)
     member_mean = np.mean([load_predictor(m).predict_proba(faces) for m in members], axis=0)
     assert np.allclose(load_predictor(tmp_path / "both").predict_proba(faces), member_mean, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_ensemble_tta_scores_the_averaged_model_on_each_test_face_and_its_mirror(trained_runs, fer_folder, tmp_path):
+    from PIL import Image
+
+    members = [trained_runs / "custom_cnn", trained_runs / "custom_cnn_aug"]
+    out = invoke("ensemble", *members, "--name", "both", "--results-dir", tmp_path, "--tta", "flip",
+                 "--data-dir", fer_folder)
+    assert out.exit_code == 0, out.output
+    assert "with flip test-time augmentation: accuracy" in out.output
+    metrics = json.loads((tmp_path / "both" / "metrics.json").read_text())
+    test = pd.read_csv(tmp_path / "both" / "predictions.csv").query("split == 'test'")
+    faces = np.stack([np.asarray(Image.open(fer_folder / file)) for file in test["file"]])
+    model = load_predictor(tmp_path / "both")
+    mirrored = (model.predict_proba(faces) + model.predict_proba(faces[:, :, ::-1])) / 2
+    predicted = np.array(CLASSES)[mirrored.argmax(axis=1)]
+    assert metrics["test_tta"]["mode"] == "flip"
+    assert metrics["test_tta"]["accuracy"] == pytest.approx((predicted == test["true"].to_numpy()).mean())
+    assert metrics["test"]["accuracy"] == pytest.approx(test["correct"].mean())  # the plain score stays beside it
+
+
+@pytest.mark.slow
+def test_ensemble_tta_refuses_what_it_cannot_score(trained_runs, tmp_path):
+    members = [trained_runs / "custom_cnn", trained_runs / "custom_cnn_aug"]
+    bad_mode = invoke("ensemble", *members, "--name", "x", "--results-dir", tmp_path, "--tta", "blur")
+    assert bad_mode.exit_code == 1 and bad_mode.output.strip() == (
+        "error: --tta must be one of ['none', 'flip', 'ten_crop']; got 'blur'")
+    other_faces = make_fer_folder(tmp_path / "other", seed=5)
+    wrong_data = invoke("ensemble", *members, "--name", "x", "--results-dir", tmp_path, "--tta", "flip",
+                        "--data-dir", other_faces)
+    assert wrong_data.exit_code == 1 and wrong_data.output.strip().splitlines()[-1] == (
+        "error: the data found for --tta is not the data that custom_cnn was evaluated on")
+    modelless = tmp_path / "modelless"
+    shutil.copytree(trained_runs / "custom_cnn", modelless)
+    (modelless / "model.keras").unlink()
+    no_model = invoke("ensemble", modelless, members[1], "--name", "y", "--results-dir", tmp_path, "--tta", "flip")
+    assert no_model.exit_code == 1 and no_model.output.strip() == (
+        "error: --tta needs every member's model.keras to score new views; modelless has none")
+    assert not (tmp_path / "y").exists()
 
 
 @pytest.mark.slow

@@ -301,18 +301,26 @@ def ensemble(
         "--group", help="a folder of runs (a sweep's group: every seed of one configuration) to average")] = None,
     results_dir: Annotated[Path | None, typer.Option(
         "--results-dir", help="default: beside the first run (beside the group's folder, for --group)")] = None,
+    tta: Annotated[str, typer.Option(
+        "--tta", help="also score the averaged model with test-time augmentation: flip, ten_crop")] = "none",
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", help="with --tta: the FER-2013 folder (default: as the first member's config says)")] = None,
 ) -> None:
     """Average the test probabilities of several runs into a new run that `compare` ranks beside them."""
+    from fer_bench.evaluation.tta import tta_views
     from fer_bench.runs.ensemble import ensemble_runs, group_members
 
     check_name(name)
+    tta_views(np.zeros((0, 48, 48), np.uint8), tta)
     members = list(runs or [])
     if group is not None:
         members += group_members(group)
         results_dir = results_dir if results_dir is not None else group.parent
-    path, record = ensemble_runs(members, name, results_dir)
+    path, record = ensemble_runs(members, name, results_dir, tta, data_dir)
     typer.echo(f"{name}: test accuracy {record['test']['accuracy']:.4f}, macro-F1 {record['test']['macro_f1']:.4f} "
                f"from {len(members)} runs -> {path}")
+    if "test_tta" in record:
+        typer.echo(f"with {tta} test-time augmentation: accuracy {record['test_tta']['accuracy']:.4f}")
 
 
 @app.command()

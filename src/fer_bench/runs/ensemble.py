@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_bench.data.dataset import Split
 from fer_bench.errors import RunError
-from fer_bench.evaluation.metrics import SplitPredictions
+from fer_bench.evaluation.metrics import SplitPredictions, classification_metrics
 from fer_bench.files import METRICS_FILE
-from fer_bench.runs.artifacts import RunDirectory, environment_record, now, read_run, run_folders, write_evaluation
+from fer_bench.runs.artifacts import Run, RunDirectory, environment_record, now, read_run, run_folders, write_evaluation
 
 
 def group_members(folder: Path) -> list[Path]:
@@ -29,8 +30,14 @@ def group_members(folder: Path) -> list[Path]:
     return members
 
 
-def ensemble_runs(run_paths: list[Path], name: str, results_dir: Path | None = None) -> tuple[Path, dict]:
-    """Average the members' probabilities (from predictions.csv, no re-inference) and write a run folder."""
+def ensemble_runs(run_paths: list[Path], name: str, results_dir: Path | None = None, tta: str = "none",
+                  data_dir: Path | None = None) -> tuple[Path, dict]:
+    """Average the members' probabilities (from predictions.csv, no re-inference) and write a run folder.
+
+    With `tta`, the averaged model also scores the test faces under test-time augmentation, as a run does
+    (beside the plain scores, never instead): the test images are read again, from `data_dir` or as the first
+    member's config says, and must be the images that the members were evaluated on.
+    """
     if len(run_paths) < 2:
         raise RunError("an ensemble needs at least two runs")
     resolved = [Path(p).resolve() for p in run_paths]
@@ -45,6 +52,10 @@ def ensemble_runs(run_paths: list[Path], name: str, results_dir: Path | None = N
         if member.metrics.get("data_fingerprint") != first.metrics.get("data_fingerprint"):
             raise RunError(f"{member.name} and {first.name} were evaluated on different data")
     classes = tuple(first.classes)
+    model_files = [m.path / "model.keras" for m in members]
+    if tta != "none" and not all(f.is_file() for f in model_files):
+        keras_less = next(m.name for m, f in zip(members, model_files) if not f.is_file())
+        raise RunError(f"--tta needs every member's model.keras to score new views; {keras_less} has none")
     columns = [f"p_{c}" for c in classes]
     splits = [s for s in ("validation", "test") if all(len(m.split_predictions(s)) for m in members)]
     if "test" not in splits:
@@ -67,16 +78,23 @@ def ensemble_runs(run_paths: list[Path], name: str, results_dir: Path | None = N
     run = RunDirectory(results_dir / name)
     if run.path.exists():
         raise RunError(f"{run.path} already exists; choose another --name")
+    tta_test = _tta_test_split(first, predictions["test"], data_dir) if tta != "none" else None
     started = now()
     with run.lifecycle(started) as finished:
         member_names = [str(m.path) for m in members]
         run.write_yaml("config.yaml", {"name": name, "model": {"name": "ensemble", "members": member_names}})
         metrics = write_evaluation(run, classes, predictions, name)
-        model_files = [m.path / "model.keras" for m in members]
         if all(f.is_file() for f in model_files):
+            from fer_bench.evaluation.predictors import keras_predictor
+            from fer_bench.evaluation.tta import predict_with_tta
             from fer_bench.models.saved import averaged_model
 
-            run.save_model(averaged_model(model_files))
+            model = averaged_model(model_files)
+            run.save_model(model)
+            if tta_test is not None:
+                probabilities = predict_with_tta(keras_predictor(model, classes), tta_test.images, tta)
+                metrics["test_tta"] = {"mode": tta, **classification_metrics(tta_test.labels,
+                                                                             probabilities.argmax(axis=1), classes)}
         run.write_json("environment.json", {**environment_record(), "started": started, "finished": now()})
         record = {
             "run": name, "model": "ensemble", "kind": "ensemble", "members": member_names, "classes": list(classes),
@@ -88,3 +106,18 @@ def ensemble_runs(run_paths: list[Path], name: str, results_dir: Path | None = N
         run.write_json(METRICS_FILE, record)  # last: its presence marks a complete set of artifacts
         finished["test_accuracy"] = metrics["test"]["accuracy"]
     return run.path, record
+
+
+
+def _tta_test_split(first: Run, test: SplitPredictions, data_dir: Path | None) -> Split:
+    """The test faces read again for test-time augmentation: those the members were scored on, in their order."""
+    from fer_bench.config import from_dict
+    from fer_bench.data.dataset import load_data
+    from fer_bench.experiment import data_config
+
+    if not first.config:
+        raise RunError(f"--tta reads the test images as {first.name} did, and its config.yaml is missing")
+    data = load_data(data_config(from_dict(first.config)), tuple(first.classes), data_dir)
+    if data.fingerprint != first.metrics.get("data_fingerprint") or list(data.test.names) != list(test.names):
+        raise RunError(f"the data found for --tta is not the data that {first.name} was evaluated on")
+    return data.test
