@@ -352,8 +352,8 @@ def test_confusion_grid_has_a_colour_scale_and_a_class_without_images_is_blank()
 
 
 @pytest.mark.slow
-def test_no_tensorflow_banner_in_a_feature_run_from_a_finished_cnn_or_its_evaluation(trained_runs, fer_folder,
-                                                                                      tmp_path):
+def test_no_tensorflow_banner_in_a_feature_run_from_a_finished_cnn_its_evaluation_or_an_ensemble(trained_runs,
+                                                                                                   fer_folder, tmp_path):
     env = {**os.environ, "FER_BENCH_CACHE": str(tmp_path / "cache")}
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
 
@@ -369,3 +369,5 @@ def test_no_tensorflow_banner_in_a_feature_run_from_a_finished_cnn_or_its_evalua
         "--set", f"features.from_run={trained_runs / 'custom_cnn'}", "--set", "features.cnn_config=null",
         "--set", "search.grid={}")
     cli("evaluate", tmp_path / "r" / "svm", "--data-dir", fer_folder / "test")
+    cli("ensemble", trained_runs / "custom_cnn", trained_runs / "custom_cnn_aug", "--name", "pair", "--results-dir",
+        tmp_path / "e")  # it builds one Keras model of its members

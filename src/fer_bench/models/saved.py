@@ -47,8 +47,9 @@ def averaged_model(paths: list[Path]) -> Any:
     An ensemble of Keras runs then has a `model.keras` of its own, which `predict`, `evaluate` and the
     shipped folder load like any run's: the members sit inside it, each seeing the same raw pixels.
     """
-    import keras
+    from fer_bench.backends import import_keras
 
+    keras = import_keras()
     from fer_bench.models.registry import INPUT_SHAPE
 
     members = [load_model(path) for path in paths]
