@@ -246,6 +246,10 @@ def test_ensemble_tta_refuses_what_it_cannot_score(trained_runs, tmp_path):
     assert no_model.exit_code == 1 and no_model.output.strip() == (
         "error: --tta needs every member's model.keras to score new views; modelless has none")
     assert not (tmp_path / "y").exists()
+    assert invoke("ensemble", *members, "--name", "pair", "--results-dir", tmp_path).exit_code == 0
+    nested = invoke("ensemble", tmp_path / "pair", members[0], "--name", "z", "--results-dir", tmp_path, "--tta", "flip")
+    assert nested.exit_code == 1 and nested.output.strip().startswith(
+        "error: --tta reads the test images as pair's config.yaml says, and cannot: unknown key 'model.members'")
 
 
 @pytest.mark.slow

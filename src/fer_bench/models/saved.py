@@ -48,10 +48,9 @@ def averaged_model(paths: list[Path]) -> Any:
     shipped folder load like any run's: the members sit inside it, each seeing the same raw pixels.
     """
     from fer_bench.backends import import_keras
-
-    keras = import_keras()
     from fer_bench.models.registry import INPUT_SHAPE
 
+    keras = import_keras()
     members = [load_model(path) for path in paths]
     pixels = keras.Input(INPUT_SHAPE, name="pixels")
     # Each member keeps its own layers under a name of its own: saved models all share their family's name.

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_bench.data.dataset import Split
-from fer_bench.errors import RunError
+from fer_bench.errors import ConfigError, RunError
 from fer_bench.evaluation.metrics import SplitPredictions, classification_metrics
 from fer_bench.files import METRICS_FILE
 from fer_bench.runs.artifacts import Run, RunDirectory, environment_record, now, read_run, run_folders, write_evaluation
@@ -108,7 +108,6 @@ def ensemble_runs(run_paths: list[Path], name: str, results_dir: Path | None = N
     return run.path, record
 
 
-
 def _tta_test_split(first: Run, test: SplitPredictions, data_dir: Path | None) -> Split:
     """The test faces read again for test-time augmentation: those the members were scored on, in their order."""
     from fer_bench.config import from_dict
@@ -116,8 +115,12 @@ def _tta_test_split(first: Run, test: SplitPredictions, data_dir: Path | None) -
     from fer_bench.experiment import data_config
 
     if not first.config:
-        raise RunError(f"--tta reads the test images as {first.name} did, and its config.yaml is missing")
-    data = load_data(data_config(from_dict(first.config)), tuple(first.classes), data_dir)
+        raise RunError(f"--tta reads the test images as {first.name}'s config.yaml says, and it has none")
+    try:
+        data_section = data_config(from_dict(first.config))
+    except ConfigError as exc:
+        raise RunError(f"--tta reads the test images as {first.name}'s config.yaml says, and cannot: {exc}") from None
+    data = load_data(data_section, tuple(first.classes), data_dir)
     if data.fingerprint != first.metrics.get("data_fingerprint") or list(data.test.names) != list(test.names):
         raise RunError(f"the data found for --tta is not the data that {first.name} was evaluated on")
     return data.test
