@@ -12,8 +12,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fer_bench.cli import app
-from fer_bench.evaluation.predictors import load_predictor
-from fer_bench.evaluation.tta import tta_views
+from fer_bench.evaluation.predictors import Predictor, load_predictor
+from fer_bench.evaluation.tta import tta_scores, tta_views
 
 runner = CliRunner()
 CLASSES = ("angry", "happy", "surprise")
@@ -34,6 +34,23 @@ def test_tta_views():
     flat = np.full((1, 48, 48), 77, np.uint8)
     assert all((v == 77).all() for v in tta_views(flat, "ten_crop"))
 
+
+
+def test_tta_scores_average_each_face_with_its_mirror():
+    # A predictor that sees only the left half: sure of class 0 when it is bright, of class 1 when dark. A face
+    # bright on one side only is class 0 as it is and class 1 mirrored, so the flip average is a tie (argmax 0).
+    def left_half(images):
+        bright = images[:, :, :24].mean(axis=(1, 2)) > 127
+        return np.stack([np.where(bright, 0.9, 0.1), np.where(bright, 0.1, 0.9), np.zeros(len(images))], axis=1)
+
+    predictor = Predictor(CLASSES, left_half, "test")
+    dark, left_bright, right_bright = np.zeros((3, 48, 48), np.uint8)
+    left_bright[:, :24] = right_bright[:, 24:] = 255
+    images = np.stack([dark, left_bright, right_bright])
+    labels = np.array([1, 0, 0])
+    assert tta_scores(predictor, images, labels, "none")["accuracy"] == pytest.approx(2 / 3)
+    flipped = tta_scores(predictor, images, labels, "flip")
+    assert flipped["mode"] == "flip" and flipped["accuracy"] == 1.0 and flipped["count"] == 3
 
 @pytest.mark.slow
 def test_predict_on_crops_photos_and_bad_files(trained_runs, tmp_path):

@@ -7,6 +7,7 @@ import numpy as np
 from fer_bench import IMAGE_SIDE
 from fer_bench.config import TTA_MODES
 from fer_bench.errors import FerBenchError
+from fer_bench.evaluation.metrics import classification_metrics
 from fer_bench.evaluation.predictors import Predictor
 
 CROP_SIDE = 42  # ten-crop takes 42x42 of the 48x48 face, about 88% of its side
@@ -36,3 +37,12 @@ def tta_views(images: np.ndarray, mode: str) -> list[np.ndarray]:
 def predict_with_tta(predictor: Predictor, images: np.ndarray, mode: str) -> np.ndarray:
     """Class probabilities averaged over the test-time views."""
     return np.mean([predictor.predict_proba(view) for view in tta_views(images, mode)], axis=0)
+
+
+def tta_scores(predictor: Predictor, images: np.ndarray, labels: np.ndarray, mode: str) -> dict:
+    """The `test_tta` record: the mode and the metrics of the TTA-averaged predictions.
+
+    Kept beside the plain scores, never in their place: selection stays on plain validation accuracy.
+    """
+    probabilities = predict_with_tta(predictor, images, mode)
+    return {"mode": mode, **classification_metrics(labels, probabilities.argmax(axis=1), predictor.classes)}

@@ -13,7 +13,7 @@ from fer_bench.data.labelled import load_labelled_folder, parse_class_map, score
 from fer_bench.errors import RunError
 from fer_bench.evaluation.metrics import SplitPredictions, single_class_warning
 from fer_bench.evaluation.predictors import Predictor, load_predictor
-from fer_bench.evaluation.tta import predict_with_tta
+from fer_bench.evaluation.tta import tta_scores
 from fer_bench.files import METRICS_FILE
 from fer_bench.runs.artifacts import RunDirectory, environment_record, now, numbered_siblings, write_evaluation
 
@@ -78,8 +78,7 @@ def _score(predictor: Predictor, split: Split, out: RunDirectory, run_path: Path
     if collapsed:
         print(collapsed, file=sys.stderr)
     if tta != "none":
-        tta_probs = predict_with_tta(predictor, split.images, tta)
-        metrics["test_tta"] = {"mode": tta, **_scores(split.labels, tta_probs, classes)}
+        metrics["test_tta"] = tta_scores(predictor, split.images, split.labels, tta)
     # The fingerprint of the images scored: two evaluations of the same folder are tested against each other.
     fingerprint = fingerprint_of(split.images, split.labels, np.array(["test"] * len(split)), classes)
     record = {"run": f"{run_path.name} on {out.path.name}", "model": _run_model(run_path), "kind": "evaluation",
@@ -97,12 +96,6 @@ def _read_json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _scores(labels: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...]) -> dict:
-    from fer_bench.evaluation.metrics import classification_metrics
-
-    return classification_metrics(labels, probabilities.argmax(axis=1), classes)
 
 
 def _run_model(run_path: Path) -> str:

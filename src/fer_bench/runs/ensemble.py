@@ -12,7 +12,7 @@ import numpy as np
 
 from fer_bench.data.dataset import Split
 from fer_bench.errors import ConfigError, RunError
-from fer_bench.evaluation.metrics import SplitPredictions, classification_metrics
+from fer_bench.evaluation.metrics import SplitPredictions
 from fer_bench.files import METRICS_FILE
 from fer_bench.runs.artifacts import Run, RunDirectory, environment_record, now, read_run, run_folders, write_evaluation
 
@@ -86,15 +86,13 @@ def ensemble_runs(run_paths: list[Path], name: str, results_dir: Path | None = N
         metrics = write_evaluation(run, classes, predictions, name)
         if all(f.is_file() for f in model_files):
             from fer_bench.evaluation.predictors import keras_predictor
-            from fer_bench.evaluation.tta import predict_with_tta
+            from fer_bench.evaluation.tta import tta_scores
             from fer_bench.models.saved import averaged_model
 
             model = averaged_model(model_files)
             run.save_model(model)
             if tta_test is not None:
-                probabilities = predict_with_tta(keras_predictor(model, classes), tta_test.images, tta)
-                metrics["test_tta"] = {"mode": tta, **classification_metrics(tta_test.labels,
-                                                                             probabilities.argmax(axis=1), classes)}
+                metrics["test_tta"] = tta_scores(keras_predictor(model, classes), tta_test.images, tta_test.labels, tta)
         run.write_json("environment.json", {**environment_record(), "started": started, "finished": now()})
         record = {
             "run": name, "model": "ensemble", "kind": "ensemble", "members": member_names, "classes": list(classes),

@@ -17,7 +17,7 @@ import numpy as np
 from fer_bench.config import Experiment, from_dict, read_yaml, to_dict
 from fer_bench.data.dataset import FerData, data_notices, load_data
 from fer_bench.errors import FerBenchError, RunError
-from fer_bench.evaluation.metrics import SplitPredictions, classification_metrics, single_class_warning
+from fer_bench.evaluation.metrics import SplitPredictions, single_class_warning
 from fer_bench.experiment import data_config, load_experiment, model_kind, seed_moves
 from fer_bench.files import METRICS_FILE
 from fer_bench.runs.artifacts import RunDirectory, environment_record, now, numbered_siblings, write_evaluation
@@ -272,7 +272,7 @@ TRAINERS = {"keras": _train_keras, "features": _train_features}
 
 def _train_and_evaluate(exp: Experiment, run: RunDirectory, data: FerData, started: str, clock: float,
                         resumes: list[str], provenance: dict[str, dict | None]) -> dict:
-    from fer_bench.evaluation.tta import predict_with_tta
+    from fer_bench.evaluation.tta import tta_scores
 
     seconds: dict[str, float] = {"data": round(time.perf_counter() - clock, 2)}
     trained = TRAINERS[model_kind(exp.model.name)](exp, data, run)
@@ -292,9 +292,7 @@ def _train_and_evaluate(exp: Experiment, run: RunDirectory, data: FerData, start
         print(collapsed, file=sys.stderr, flush=True)
     if exp.evaluate.tta != "none":
         # Reported beside the plain scores, never in their place: selection stays on plain validation accuracy.
-        probabilities = predict_with_tta(trained.predictor, data.test.images, exp.evaluate.tta)
-        metrics["test_tta"] = {"mode": exp.evaluate.tta,
-                               **classification_metrics(data.test.labels, probabilities.argmax(axis=1), data.classes)}
+        metrics["test_tta"] = tta_scores(trained.predictor, data.test.images, data.test.labels, exp.evaluate.tta)
     seconds["evaluate"] = round(time.perf_counter() - tick, 2)
     seconds["total"] = round(time.perf_counter() - clock, 2)
 
