@@ -689,7 +689,10 @@ def main() -> None:
         return save(args.out, "sweep", report, sweep_markdown(report))
     if args.precision:
         report["precision"] = bench_precision(args.data_dir, args.steps)
-        return save(args.out, f"precision-{slug(report['machine']['cpu'])}", report, precision_markdown(report))
+        # One file per CPU and bfloat16 units: two machines sold under one name may differ in them.
+        units = [f for f in report["precision"]["cpu_features"] if "bf16" in f]
+        name = f"precision-{slug(report['machine']['cpu'])}-{slug(' '.join(units)) or 'no-bf16'}"
+        return save(args.out, name, report, precision_markdown(report))
     if args.scale:
         report["scale"] = bench_scale()
         return save(args.out, "scale", report, scale_markdown(report))
