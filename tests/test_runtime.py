@@ -144,8 +144,8 @@ def test_auto_turns_on_mixed_precision_xla_and_more_steps_where_the_backend_sees
 
 @pytest.mark.parametrize("setting, accelerated, backend, features, policy", [
     ("auto", False, "tensorflow", ["amx_bf16", "amx_tile", "avx512_bf16"], "mixed_bfloat16"),  # measured faster there
+    ("auto", False, "tensorflow", ["avx512_bf16", "avx512f", "avx2"], "mixed_bfloat16"),  # AVX-512 BF16 alone too
     ("auto", False, "tensorflow", ["avx512f", "avx2"], "float32"),  # no bfloat16 units: emulated, slower
-    ("auto", False, "tensorflow", ["avx512_bf16"], "float32"),  # AVX-512 BF16 alone: not measured
     ("auto", False, "jax", ["amx_bf16"], "float32"),  # not measured on JAX's CPU build
     ("auto", True, "tensorflow", [], "mixed_float16"),
     (True, False, "jax", [], "mixed_bfloat16"),  # asked for on a CPU: bfloat16, never emulated float16

@@ -35,9 +35,9 @@ class Distribution:
 
 class TensorFlowBackend:
     name = "tensorflow"
-    # A 1.2M-parameter CNN trained 1.2-1.3x faster under mixed_bfloat16 than float32 on an Intel Xeon with AMX-BF16
-    # (measured by this project; see README "Precision on a CPU"), so `auto` takes bfloat16 on such a CPU.
-    bf16_where_amx = True
+    # The CPU units with which the tuned CNN trained faster under mixed_bfloat16 than in float32, at float32's
+    # accuracy (measured by this project; README "Precision on a CPU"): `auto` takes bfloat16 where a CPU has one.
+    bf16_cpu_units = ("amx_bf16", "avx512_bf16")
 
     def prepare(self, runtime: RuntimeConfig, deterministic: bool) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -98,7 +98,7 @@ class TensorFlowBackend:
 
 class JaxBackend:
     name = "jax"
-    bf16_where_amx = False  # not measured on JAX's CPU build: auto stays float32
+    bf16_cpu_units = ()  # not measured on JAX's CPU build: auto stays float32
 
     def prepare(self, runtime: RuntimeConfig, deterministic: bool) -> None:
         if "jax" in sys.modules:
@@ -331,12 +331,12 @@ def cpu_features() -> list[str]:
 
 def precision_policy(setting: bool | str, accelerated: bool, backend: Any, features: list[str]) -> str:
     """The Keras dtype policy: float16 compute on a GPU; on a CPU bfloat16 (float16 there is emulated, slow), which
-    `auto` takes only where the CPU has AMX-BF16 and the backend was measured faster with it; float32 otherwise."""
+    `auto` takes only where the CPU has a bfloat16 unit the backend was measured faster with; float32 otherwise."""
     if setting is False:
         return "float32"
     if accelerated:
         return "mixed_float16"
-    if setting is True or (backend.bf16_where_amx and "amx_bf16" in features):
+    if setting is True or any(unit in features for unit in backend.bf16_cpu_units):
         return "mixed_bfloat16"
     return "float32"
 

@@ -214,7 +214,7 @@ class EvaluateConfig:
 class RuntimeConfig:
     # The names are the backend registry's (checked in experiment.load_experiment): one entry adds a backend.
     backend: str = _field(AUTO, doc="Keras backend; auto = KERAS_BACKEND, else Keras' default (tensorflow)")
-    mixed_precision: bool | str = _field(AUTO, Options((AUTO, True, False)), "auto: float16 on a GPU, bfloat16 on a CPU with AMX-BF16 (TensorFlow), else off | true | false")
+    mixed_precision: bool | str = _field(AUTO, Options((AUTO, True, False)), "auto: float16 on a GPU, bfloat16 on a CPU with AMX-BF16 or AVX-512 BF16 (TensorFlow), else off | true | false")
     jit_compile: bool | str = _field(AUTO, Options((AUTO, True, False)), "XLA; auto = on with a GPU, and always on jax | true | false")
     distribution: str = _field(AUTO, Options((AUTO, "none", "mirrored", "multi_worker")),
                                "mirrored: a model copy per device (TensorFlow MirroredStrategy, keras.distribution "
