@@ -54,3 +54,10 @@ def test_readme_gives_the_install_and_test_commands_ci_runs():
     ci = (REPO / ".ci/run").read_text()
     assert 'pip install -e ".[cpu,dev]"' in readme and '-e ".[cpu,dev]"' in ci
     assert "\npytest " in readme and "python -m pytest" in ci
+
+
+def test_compare_says_which_runs_trained_in_bfloat16():
+    rows = {line.split(" | ")[1]: line for line in (REFERENCE / "comparison.md").read_text().splitlines()
+            if line.startswith("| ") and line.count(" | ") > 3}
+    assert ", bfloat16" in rows["cpu-tuned_cnn-bf16"] and ", bfloat16" in rows["cpu-tuned_cnn-bf16_continued_sqrt_weights"]
+    assert "bfloat16" not in rows["cpu-tuned_cnn"]  # the same config in float32

@@ -125,6 +125,11 @@ def _settings(run: Run) -> str:
         parts.append(f"{train['optimizer']} lr={train.get('learning_rate')}")
     if train.get("class_weight") not in (None, "none"):
         parts.append(f"class_weight={train['class_weight']}")
+    # The policy the run trained under (`auto` decides it per machine), said only where it is not float32.
+    environment = run.environment.get("trained") or run.environment
+    precision = (environment.get("runtime") or {}).get("precision")
+    if precision and precision != "float32":
+        parts.append(precision.removeprefix("mixed_"))
     if run.metrics.get("members"):
         parts.append(f"{len(run.metrics['members'])} members")
     return ", ".join(parts)
