@@ -114,18 +114,6 @@ def close_figures():
     plt.close("all")
 
 
-@pytest.fixture(autouse=True)
-def float32_after_each_test():
-    """A run sets Keras' dtype policy for its whole process (bfloat16 under `auto` on a CPU with a bfloat16 unit):
-    put float32 back, so that what a later test builds in this process does not depend on the tests before it."""
-    yield
-    import sys
-
-    keras = sys.modules.get("keras")  # never imported here: most tests need no Keras
-    if keras is not None:
-        keras.mixed_precision.set_global_policy("float32")
-
-
 def pytest_collection_finish(session):
     """Start the JAX side of test_backends now, so that it runs beside the TensorFlow tests."""
     if any(item.get_closest_marker("jax_worker") for item in session.items):

@@ -35,7 +35,6 @@ def test_tta_views():
     assert all((v == 77).all() for v in tta_views(flat, "ten_crop"))
 
 
-
 def test_tta_scores_average_each_face_with_its_mirror():
     # A predictor that sees only the left half: sure of class 0 when it is bright, of class 1 when dark. A face
     # bright on one side only is class 0 as it is and class 1 mirrored, so the flip average is a tie (argmax 0).
@@ -51,6 +50,7 @@ def test_tta_scores_average_each_face_with_its_mirror():
     assert tta_scores(predictor, images, labels, "none")["accuracy"] == pytest.approx(2 / 3)
     flipped = tta_scores(predictor, images, labels, "flip")
     assert flipped["mode"] == "flip" and flipped["accuracy"] == 1.0 and flipped["count"] == 3
+
 
 @pytest.mark.slow
 def test_predict_on_crops_photos_and_bad_files(trained_runs, tmp_path):
@@ -250,13 +250,13 @@ def test_macro_f1_leaves_out_classes_with_no_images_as_balanced_accuracy_does(tr
 def test_loading_a_mixed_precision_run_prints_no_keras_warning(fer_folder, tmp_path):
     import keras
 
-    try:
-        out = invoke("run", REPO / "configs" / "custom_cnn.yaml", "--data-dir", fer_folder, "--results-dir", tmp_path,
-                     "--set", "data.classes=[angry, happy, surprise]", "--set", "train.epochs=1",
-                     "--set", "model.params.filters=[8]", "--set", "runtime.mixed_precision=true")
-    finally:
-        keras.mixed_precision.set_global_policy("float32")  # process-wide: later tests build float32 models
+    out = invoke("run", REPO / "configs" / "custom_cnn.yaml", "--data-dir", fer_folder, "--results-dir", tmp_path,
+                 "--set", "data.classes=[angry, happy, surprise]", "--set", "train.epochs=1",
+                 "--set", "model.params.filters=[8]", "--set", "runtime.mixed_precision=true")
     assert out.exit_code == 0, out.output
+    # The run trained in bfloat16 and left this process's policy as it found it.
+    assert json.loads((tmp_path / "custom_cnn" / "environment.json").read_text())["runtime"]["precision"] == "mixed_bfloat16"
+    assert keras.mixed_precision.dtype_policy().name == "float32"
     code = ("import warnings; warnings.simplefilter('always'); from fer_bench.evaluation.predictors import load_predictor; "
             f"load_predictor({str(tmp_path / 'custom_cnn')!r})")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

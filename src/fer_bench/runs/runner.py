@@ -190,14 +190,21 @@ class Trained:
 def _train_keras(exp: Experiment, data: FerData, run: RunDirectory) -> Trained:
     import pandas as pd
 
-    from fer_bench.backends import configure_runtime
+    from fer_bench.backends import configure_runtime, import_keras
     from fer_bench.evaluation.charts import curves_figure
     from fer_bench.evaluation.predictors import keras_predictor
     from fer_bench.training.fit import train_model
 
-    runtime = configure_runtime(exp.runtime, exp.train.seed, exp.train.deterministic)
-    print(runtime.describe(), file=sys.stderr, flush=True)
-    result = train_model(exp, data, runtime, checkpoint_dir=run.file(CHECKPOINT_DIR), callbacks=_trackers(exp, run))
+    try:
+        runtime = configure_runtime(exp.runtime, exp.train.seed, exp.train.deterministic)
+        print(runtime.describe(), file=sys.stderr, flush=True)
+        result = train_model(exp, data, runtime, checkpoint_dir=run.file(CHECKPOINT_DIR), callbacks=_trackers(exp, run))
+    finally:
+        # The run's dtype policy is the run's: its model keeps it in its layers, and what this process builds next
+        # (another run, a test's model) starts from Keras' default. Not before configure_runtime has loaded Keras:
+        # loading it here would fix the backend before the run chose one.
+        if "keras" in sys.modules:
+            import_keras().mixed_precision.set_global_policy("float32")
     run.save_model(result.model)
     run.write_table("history.csv", pd.DataFrame(result.history))
     run.write_figure("curves.png", curves_figure(result.history, f"{exp.name}: training curves"))
