@@ -126,13 +126,17 @@ def _settings(run: Run) -> str:
     if train.get("class_weight") not in (None, "none"):
         parts.append(f"class_weight={train['class_weight']}")
     # The policy the run trained under (`auto` decides it per machine), said only where it is not float32.
-    environment = run.environment.get("trained") or run.environment
-    precision = (environment.get("runtime") or {}).get("precision")
+    precision = (_training_environment(run).get("runtime") or {}).get("precision")
     if precision and precision != "float32":
         parts.append(precision.removeprefix("mixed_"))
     if run.metrics.get("members"):
         parts.append(f"{len(run.metrics['members'])} members")
     return ", ".join(parts)
+
+
+def _training_environment(run: Run) -> dict:
+    """Where the run's model trained: an evaluation's environment.json keeps its run's under `trained`."""
+    return run.environment.get("trained") or run.environment
 
 
 def accelerators_used(environment: dict) -> str | None:
@@ -196,9 +200,7 @@ def run_row(run: Run, split: str, num_resamples: int) -> dict[str, Any]:
         "images": scores.get("count", 0),
         "parameters": run.metrics.get("parameters"),
         "training_seconds": run.metrics.get("training_seconds"),
-        # An evaluation's model trained where its run did: environment.json keeps that run's under `trained`.
-        "trained_on": "-" if run.metrics.get("kind") == "ensemble" else trained_on(
-            run.environment.get("trained") or run.environment),
+        "trained_on": "-" if run.metrics.get("kind") == "ensemble" else trained_on(_training_environment(run)),
         "epochs": run.metrics.get("epochs_run"),
         "interval": "test images",
     }
