@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from fer_bench.evaluation.predictors import SHIPPED_MODEL
-from fer_bench.models.saved import load_model
+from fer_bench.models.saved import computes_in_float32, load_model
 
 PROVENANCE = ("metrics.json", "config.yaml", "environment.json")
 
@@ -22,8 +22,13 @@ PROVENANCE = ("metrics.json", "config.yaml", "environment.json")
 def ship(run: Path) -> Path:
     if not (run / "model.keras").is_file():
         sys.exit(f"error: {run} holds no model.keras (model files are not committed: train the run first)")
+    model = load_model(run / "model.keras")
+    if not computes_in_float32(model):
+        # Its metrics are what it scored in that precision; rebuilt in float32 it would predict other numbers.
+        sys.exit(f"error: {run} computes in bfloat16 or float16 (trained under mixed precision): ship a float32 run, "
+                 "or an ensemble with it (`fer-bench ensemble` rebuilds it in float32 and scores it again)")
     SHIPPED_MODEL.mkdir(exist_ok=True)
-    load_model(run / "model.keras").save(SHIPPED_MODEL / "model.keras")
+    model.save(SHIPPED_MODEL / "model.keras")
     for name in PROVENANCE:
         shutil.copyfile(run / name, SHIPPED_MODEL / name)
     return SHIPPED_MODEL

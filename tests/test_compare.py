@@ -1,12 +1,14 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_fer_folder
+from conftest import REPO, make_fer_folder
 from helpers import check_run
 from typer.testing import CliRunner
 
@@ -229,6 +231,44 @@ def test_ensemble_tta_scores_the_averaged_model_on_each_test_face_and_its_mirror
 
 
 @pytest.mark.slow
+def test_an_ensemble_predicts_in_float32_and_scores_a_mixed_precision_member_again(trained_runs, fer_folder, tmp_path):
+    from PIL import Image
+
+    from fer_bench.models.saved import computes_in_float32, load_model
+
+    out = invoke("run", REPO / "configs" / "custom_cnn.yaml", "--data-dir", fer_folder, "--results-dir", tmp_path,
+                 "--name", "bf16", "--set", "data.classes=[angry, happy, surprise]", "--set", "train.epochs=1",
+                 "--set", "model.params.filters=[8]", "--set", "runtime.mixed_precision=true")
+    assert out.exit_code == 0, out.output
+    assert not computes_in_float32(load_model(tmp_path / "bf16" / "model.keras"))  # saved with its bfloat16 layers
+    # Alone it does not ship: its metrics are what it scored in bfloat16.
+    shipped = (REPO / "src" / "fer_bench" / "shipped" / "model.keras").read_bytes()
+    refused = subprocess.run([sys.executable, REPO / "scripts" / "ship_model.py", tmp_path / "bf16"], capture_output=True,
+                             text=True)
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1].startswith(
+        f"error: {tmp_path / 'bf16'} computes in bfloat16 or float16 (trained under mixed precision): ship a float32 run")
+    assert (REPO / "src" / "fer_bench" / "shipped" / "model.keras").read_bytes() == shipped
+    members = [trained_runs / "custom_cnn", tmp_path / "bf16"]
+    out = invoke("ensemble", *members, "--name", "pair", "--results-dir", tmp_path, "--data-dir", fer_folder)
+    assert out.exit_code == 0, out.output
+    metrics = check_run(tmp_path / "pair", CLASSES, model_file=None)
+    assert metrics["rebuilt_in_float32"] == ["bf16"]
+    model = load_model(tmp_path / "pair" / "model.keras")
+    assert computes_in_float32(model)
+    # Its scores are the float32 model's own, not the average of what the bfloat16 member predicted.
+    test = pd.read_csv(tmp_path / "pair" / "predictions.csv").query("split == 'test'")
+    faces = np.stack([np.asarray(Image.open(fer_folder / file)) for file in test["file"]])
+    own = load_predictor(tmp_path / "pair").predict_proba(faces)
+    assert np.allclose(test[[f"p_{c}" for c in CLASSES]].to_numpy(), own, atol=1e-6)
+    assert metrics["test"]["accuracy"] == pytest.approx((own.argmax(axis=1) == test["true"].map(CLASSES.index)).mean())
+    other_faces = make_fer_folder(tmp_path / "other", seed=5)
+    wrong_data = invoke("ensemble", *members, "--name", "x", "--results-dir", tmp_path, "--data-dir", other_faces)
+    assert wrong_data.exit_code == 1 and wrong_data.output.strip().splitlines()[-1] == (
+        "error: the data found to score the averaged model is not the data that custom_cnn was evaluated on")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
 def test_ensemble_tta_refuses_what_it_cannot_score(trained_runs, tmp_path):
     members = [trained_runs / "custom_cnn", trained_runs / "custom_cnn_aug"]
     bad_mode = invoke("ensemble", *members, "--name", "x", "--results-dir", tmp_path, "--tta", "blur")
@@ -238,7 +278,7 @@ def test_ensemble_tta_refuses_what_it_cannot_score(trained_runs, tmp_path):
     wrong_data = invoke("ensemble", *members, "--name", "x", "--results-dir", tmp_path, "--tta", "flip",
                         "--data-dir", other_faces)
     assert wrong_data.exit_code == 1 and wrong_data.output.strip().splitlines()[-1] == (
-        "error: the data found for --tta is not the data that custom_cnn was evaluated on")
+        "error: the data found to score the averaged model is not the data that custom_cnn was evaluated on")
     modelless = tmp_path / "modelless"
     shutil.copytree(trained_runs / "custom_cnn", modelless)
     (modelless / "model.keras").unlink()
@@ -249,7 +289,8 @@ def test_ensemble_tta_refuses_what_it_cannot_score(trained_runs, tmp_path):
     assert invoke("ensemble", *members, "--name", "pair", "--results-dir", tmp_path).exit_code == 0
     nested = invoke("ensemble", tmp_path / "pair", members[0], "--name", "z", "--results-dir", tmp_path, "--tta", "flip")
     assert nested.exit_code == 1 and nested.output.strip().startswith(
-        "error: --tta reads the test images as pair's config.yaml says, and cannot: unknown key 'model.members'")
+        "error: scoring the averaged model reads the images as pair's config.yaml says, and cannot: unknown key "
+        "'model.members'")
 
 
 @pytest.mark.slow

@@ -6,11 +6,13 @@ so that it predicts on new faces like any run (and can be the shipped model).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from fer_bench.data.dataset import Split
+from fer_bench.data.dataset import FerData
 from fer_bench.errors import ConfigError, RunError
 from fer_bench.evaluation.metrics import SplitPredictions
 from fer_bench.files import METRICS_FILE
@@ -34,9 +36,11 @@ def ensemble_runs(run_paths: list[Path], name: str, results_dir: Path | None = N
                   data_dir: Path | None = None) -> tuple[Path, dict]:
     """Average the members' probabilities (from predictions.csv, no re-inference) and write a run folder.
 
-    With `tta`, the averaged model also scores the test faces under test-time augmentation, as a run does
-    (beside the plain scores, never instead): the test images are read again, from `data_dir` or as the first
-    member's config says, and must be the images that the members were evaluated on.
+    A member that computes in bfloat16 or float16 (trained under mixed precision) is rebuilt in float32 for
+    the averaged model, which then predicts other numbers than the members did: the ensemble is scored again
+    from that model itself. With `tta`, the averaged model also scores the test faces under test-time
+    augmentation, as a run does (beside the plain scores, never instead). Either way the images are read
+    again, from `data_dir` or as the first member's config says, and must be those the members were scored on.
     """
     if len(run_paths) < 2:
         raise RunError("an ensemble needs at least two runs")
@@ -78,25 +82,28 @@ def ensemble_runs(run_paths: list[Path], name: str, results_dir: Path | None = N
     run = RunDirectory(results_dir / name)
     if run.path.exists():
         raise RunError(f"{run.path} already exists; choose another --name")
-    tta_test = _tta_test_split(first, predictions["test"], data_dir) if tta != "none" else None
+    model, rebuilt = _averaged_model(members, model_files)
+    data = _scored_data(first, predictions, data_dir) if rebuilt or tta != "none" else None
+    if rebuilt:
+        predictions = _scored_again(model, predictions, data)
     started = now()
     with run.lifecycle(started) as finished:
         member_names = [str(m.path) for m in members]
         run.write_yaml("config.yaml", {"name": name, "model": {"name": "ensemble", "members": member_names}})
         metrics = write_evaluation(run, classes, predictions, name)
-        if all(f.is_file() for f in model_files):
-            from fer_bench.evaluation.predictors import keras_predictor
-            from fer_bench.evaluation.tta import tta_scores
-            from fer_bench.models.saved import averaged_model
-
-            model = averaged_model(model_files)
+        if model is not None:
             run.save_model(model)
-            if tta_test is not None:
-                metrics["test_tta"] = tta_scores(keras_predictor(model, classes), tta_test.images, tta_test.labels, tta)
+            if tta != "none":
+                from fer_bench.evaluation.predictors import keras_predictor
+                from fer_bench.evaluation.tta import tta_scores
+
+                metrics["test_tta"] = tta_scores(keras_predictor(model, classes), data.test.images, data.test.labels, tta)
         run.write_json("environment.json", {**environment_record(), "started": started, "finished": now()})
         record = {
             "run": name, "model": "ensemble", "kind": "ensemble", "members": member_names, "classes": list(classes),
             "data_fingerprint": first.metrics.get("data_fingerprint"), "protocol": first.metrics.get("protocol"),
+            # Members that trained under mixed precision and predict here in float32: scored again as such.
+            "rebuilt_in_float32": rebuilt,
             "parameters": sum(int(m.metrics.get("parameters") or 0) for m in members),
             "training_seconds": round(sum(float(m.metrics.get("training_seconds") or 0) for m in members), 2),
             **metrics,
@@ -106,19 +113,41 @@ def ensemble_runs(run_paths: list[Path], name: str, results_dir: Path | None = N
     return run.path, record
 
 
-def _tta_test_split(first: Run, test: SplitPredictions, data_dir: Path | None) -> Split:
-    """The test faces read again for test-time augmentation: those the members were scored on, in their order."""
+def _averaged_model(members: list[Run], model_files: list[Path]) -> tuple[Any, list[str]]:
+    """The members' models averaged in one float32 model (None unless every member has a model.keras),
+    and the names of the members that computed in another precision and were rebuilt in float32."""
+    if not all(f.is_file() for f in model_files):
+        return None, []
+    from fer_bench.models.saved import averaged_model, computes_in_float32, load_model
+
+    models = [load_model(f) for f in model_files]
+    rebuilt = [m.name for m, model in zip(members, models) if not computes_in_float32(model)]
+    return averaged_model(models), rebuilt
+
+
+def _scored_again(model: Any, predictions: dict[str, SplitPredictions], data: FerData) -> dict[str, SplitPredictions]:
+    """The averaged model's own probabilities on each split's images, in the members' order."""
+    from fer_bench.evaluation.predictors import predict_probabilities
+
+    return {split: replace(scored, probabilities=predict_probabilities(model, getattr(data, split).images).astype(np.float64))
+            for split, scored in predictions.items()}
+
+
+def _scored_data(first: Run, predictions: dict[str, SplitPredictions], data_dir: Path | None) -> FerData:
+    """The images read again to score the averaged model: those the members were scored on, in their order."""
     from fer_bench.config import from_dict
     from fer_bench.data.dataset import load_data
     from fer_bench.experiment import data_config
 
     if not first.config:
-        raise RunError(f"--tta reads the test images as {first.name}'s config.yaml says, and it has none")
+        raise RunError(f"scoring the averaged model reads the images as {first.name}'s config.yaml says, and it has none")
     try:
         data_section = data_config(from_dict(first.config))
     except ConfigError as exc:
-        raise RunError(f"--tta reads the test images as {first.name}'s config.yaml says, and cannot: {exc}") from None
+        raise RunError(f"scoring the averaged model reads the images as {first.name}'s config.yaml says, "
+                       f"and cannot: {exc}") from None
     data = load_data(data_section, tuple(first.classes), data_dir)
-    if data.fingerprint != first.metrics.get("data_fingerprint") or list(data.test.names) != list(test.names):
-        raise RunError(f"the data found for --tta is not the data that {first.name} was evaluated on")
-    return data.test
+    if data.fingerprint != first.metrics.get("data_fingerprint") or any(
+            list(getattr(data, split).names) != list(scored.names) for split, scored in predictions.items()):
+        raise RunError(f"the data found to score the averaged model is not the data that {first.name} was evaluated on")
+    return data
