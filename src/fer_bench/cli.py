@@ -304,7 +304,8 @@ def ensemble(
     tta: Annotated[str, typer.Option(
         "--tta", help="also score the averaged model with test-time augmentation: flip, ten_crop")] = "none",
     data_dir: Annotated[Path | None, typer.Option(
-        "--data-dir", help="with --tta: the FER-2013 folder (default: as the first member's config says)")] = None,
+        "--data-dir", help="where the averaged model's images are read again (--tta, or a member trained under mixed "
+                           "precision): the FER-2013 folder (default: as the first member's config says)")] = None,
 ) -> None:
     """Average the test probabilities of several runs into a new run that `compare` ranks beside them."""
     from fer_bench.evaluation.tta import tta_views
