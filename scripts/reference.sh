@@ -36,6 +36,8 @@ run configs/cpu/tuned_cnn_seed7_sqrt_weights.yaml --name cpu-tuned_cnn_seed7_sqr
 # The 60-minute recipe tried on an AVX2-only CPU: the tuned CNN at 36 px (17 epochs), then its second stage.
 run configs/cpu/tuned_cnn_36px.yaml --name cpu-tuned_cnn_36px
 run configs/cpu/tuned_cnn_36px_continued_sqrt_weights.yaml --name cpu-tuned_cnn_36px_continued_sqrt_weights
+# The same hour with lighter dropout, because the 36 px run's curves ended underfit.
+run configs/cpu/tuned_cnn_36px_light_dropout.yaml --name cpu-tuned_cnn_36px_light_dropout
 # The float32 and bfloat16 two-stage CNNs averaged (the best on PublicTest; not shipped yet: README "The shipped model").
 fer-bench ensemble "$out/cpu-tuned_cnn_continued_sqrt_weights" "$out/cpu-tuned_cnn-bf16_continued_sqrt_weights" \
   --name ensemble-tuned-cnn-float32-bfloat16 --results-dir "$out" --tta flip --data-dir "$data"
