@@ -143,6 +143,9 @@ class TrainConfig:
     batch_size: int = _field(64, Interval(1), "per replica: multiplied by the number of GPUs")
     early_stopping_patience: int | None = _field(8, Interval(1), "null disables early stopping")
     label_smoothing: float = _field(0.0, Interval(0.0, 0.5), "0 = plain one-hot targets")
+    ema_momentum: float | None = _field(None, Interval(0.0, 1.0, low_open=True, high_open=True),
+                                        "keep a moving average of the weights (the optimizer's use_ema), e.g. 0.999: "
+                                        "validation, the best epoch and the saved model use it; null = off")
     loss: str = _field("crossentropy", Options(("crossentropy", "focal")),
                        "focal = Keras' CategoricalFocalCrossentropy")
     focal_gamma: float = _field(2.0, Interval(0.0), "focusing parameter of the focal loss (0 = cross-entropy)")

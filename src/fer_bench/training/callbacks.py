@@ -40,6 +40,34 @@ class BestWeights(keras.callbacks.Callback):
             model.set_weights(self.best_weights)
 
 
+class ValidateAveragedWeights(keras.callbacks.Callback):
+    """Validate the optimizer's moving average of the weights (`train.ema_momentum`), not the last step's.
+
+    The average goes into the model as validation begins, so that the epoch's val_accuracy and the
+    weights BestWeights keeps are the average's; the raw weights come back at the end of the epoch,
+    after the callbacks before this one, and training goes on from them. Keras itself puts the
+    average in only once, when fit ends.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._raw: list | None = None
+
+    def on_test_begin(self, logs=None):
+        variables = self.model.trainable_variables
+        self._raw = [keras.ops.convert_to_numpy(v.value) for v in variables]
+        self.model.optimizer.finalize_variable_values(variables)
+        for variable in variables:
+            # On JAX that assignment shares the average's buffer, which the evaluation then frees: copy it.
+            variable.assign(keras.ops.copy(variable.value))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._raw is not None:
+            for variable, value in zip(self.model.trainable_variables, self._raw):
+                variable.assign(value)
+            self._raw = None
+
+
 class EpochRecorder(keras.callbacks.Callback):
     """Collect one row per epoch (metrics, learning rate, seconds) and print a compact line."""
 

@@ -38,13 +38,15 @@ OPTIMIZERS = {
 
 
 def make_optimizer(cfg: TrainConfig, learning_rate: float, steps: int) -> Any:
-    """The configured optimizer; a cosine schedule decays over the phase's `steps`."""
+    """The configured optimizer; a cosine schedule decays over the phase's `steps`, and it may average the weights."""
     import keras
 
     rate: Any = learning_rate
     if cfg.schedule == "cosine":
         rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(steps, 1))
     class_name, kwargs = OPTIMIZERS[cfg.optimizer](cfg, learning_rate)
+    if cfg.ema_momentum is not None:
+        kwargs.update(use_ema=True, ema_momentum=cfg.ema_momentum)
     return getattr(keras.optimizers, class_name)(learning_rate=rate, **kwargs)
 
 
@@ -196,7 +198,7 @@ def train_model(exp: Experiment, data: FerData, runtime: Runtime, checkpoint_dir
     fer-bench's own and before the checkpoint, which saves what the others have updated.
     """
     from fer_bench.console import terminal
-    from fer_bench.training.callbacks import BatchProgress, Checkpoint, EpochRecorder
+    from fer_bench.training.callbacks import BatchProgress, Checkpoint, EpochRecorder, ValidateAveragedWeights
 
     cfg = exp.train
     num_classes = len(data.classes)
@@ -226,6 +228,9 @@ def train_model(exp: Experiment, data: FerData, runtime: Runtime, checkpoint_dir
         live = [BatchProgress(phase, feed.steps, phase_end)] if terminal() else []
         phase_callbacks: list[Any] = [progress.best, *live, EpochRecorder(phase, progress.history), *stateful,
                                       *callbacks]
+        if cfg.ema_momentum is not None:
+            # After BestWeights has kept the average and before the checkpoint saves the weights training goes on from.
+            phase_callbacks.append(ValidateAveragedWeights())
         checkpoint = None
         if checkpoint_dir is not None:
             checkpoint = Checkpoint(checkpoint_dir, phase, progress.history, progress.best, stateful,

@@ -1,0 +1,78 @@
+"""Training switches whose effect is on the weights: the moving average of train.ema_momentum."""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from fer_bench.config import TrainConfig
+from fer_bench.errors import FerBenchError
+from fer_bench.experiment import load_experiment
+from fer_bench.training.callbacks import ValidateAveragedWeights
+from fer_bench.training.fit import make_optimizer
+
+from conftest import REPO
+
+
+class Snapshot(keras.callbacks.Callback):
+    """The model's weights, the optimizer's average and the epoch's logs, as this callback's turn comes."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs: list[dict] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append({
+            "weights": [keras.ops.convert_to_numpy(v.value) for v in self.model.trainable_variables],
+            "average": [keras.ops.convert_to_numpy(v.value) for v in self.model.optimizer._model_variables_moving_average],
+            "logs": dict(logs or {})})
+
+
+def fit_tiny(validate_average: bool) -> tuple[list[Snapshot], keras.Model, tuple]:
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 8)).astype("float32"), keras.utils.to_categorical(rng.integers(0, 3, 64), 3)
+    x_val, y_val = rng.normal(size=(32, 8)).astype("float32"), keras.utils.to_categorical(rng.integers(0, 3, 32), 3)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer=make_optimizer(TrainConfig(ema_momentum=0.9, learning_rate=0.05), 0.05, 8),
+                  loss="categorical_crossentropy", metrics=["accuracy"])
+    before, after = Snapshot(), Snapshot()
+    swap = [ValidateAveragedWeights()] if validate_average else []
+    model.fit(x, y, batch_size=16, epochs=2, validation_data=(x_val, y_val), shuffle=False, verbose=0,
+              callbacks=[before, *swap, after])
+    return [before, after], model, (x_val, y_val)
+
+
+def test_the_average_is_validated_and_kept_while_training_goes_on_from_the_raw_weights():
+    (before, after), model, (x_val, y_val) = fit_tiny(validate_average=True)
+    (plain_before, _), _, _ = fit_tiny(validate_average=False)
+    for epoch, seen in enumerate(before.epochs):
+        # Callbacks before the swap (BestWeights) see the average, and the epoch's val_loss is the average's ...
+        for weights, average in zip(seen["weights"], seen["average"]):
+            np.testing.assert_array_equal(weights, average)
+        probe = keras.models.clone_model(model)
+        probe.set_weights(seen["weights"])
+        probe.compile(loss="categorical_crossentropy")
+        assert seen["logs"]["val_loss"] == pytest.approx(probe.evaluate(x_val, y_val, verbose=0, return_dict=True)["loss"], rel=1e-5)
+        # ... while the ones after it (the checkpoint) see the raw weights, the same as a fit without the swap has.
+        raw = after.epochs[epoch]["weights"]
+        assert not all(np.array_equal(r, a) for r, a in zip(raw, seen["average"]))
+        for weights, unswapped in zip(raw, plain_before.epochs[epoch]["weights"]):
+            np.testing.assert_array_equal(weights, unswapped)
+    # Keras puts the average in when fit ends.
+    for weights, average in zip(model.get_weights(), before.epochs[-1]["average"]):
+        np.testing.assert_array_equal(weights, average)
+
+
+@pytest.mark.parametrize("value", ["1.0", "0", "high"])
+def test_ema_momentum_must_lie_strictly_between_zero_and_one(value):
+    with pytest.raises(FerBenchError, match=r"train\.ema_momentum"):
+        load_experiment(REPO / "configs" / "custom_cnn.yaml", [f"train.ema_momentum={value}"])
+
+
+def test_the_optimizer_averages_only_when_asked():
+    assert not make_optimizer(TrainConfig(), 1e-3, 10).use_ema
+    averaged = make_optimizer(dataclasses.replace(TrainConfig(), ema_momentum=0.999), 1e-3, 10)
+    assert averaged.use_ema and averaged.ema_momentum == 0.999
