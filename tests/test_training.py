@@ -16,54 +16,65 @@ from conftest import REPO
 
 
 class Snapshot(keras.callbacks.Callback):
-    """The model's weights, the optimizer's average and the epoch's logs, as this callback's turn comes."""
+    """The model's variables, the optimizer's average and the epoch's logs, as this callback's turn comes."""
 
     def __init__(self):
         super().__init__()
         self.epochs: list[dict] = []
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epochs.append({
-            "weights": [keras.ops.convert_to_numpy(v.value) for v in self.model.trainable_variables],
-            "average": [keras.ops.convert_to_numpy(v.value) for v in self.model.optimizer._model_variables_moving_average],
-            "logs": dict(logs or {})})
+        def values(variables):
+            return [keras.ops.convert_to_numpy(v.value) for v in variables]
+
+        self.epochs.append({"weights": values(self.model.trainable_variables),
+                            "state": values(self.model.non_trainable_variables),
+                            "average": values(self.model.optimizer._model_variables_moving_average),
+                            "logs": dict(logs or {})})
 
 
-def fit_tiny(validate_average: bool) -> tuple[list[Snapshot], keras.Model, tuple]:
+def fit_tiny(validate_average: bool):
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(64, 8)).astype("float32"), keras.utils.to_categorical(rng.integers(0, 3, 64), 3)
     x_val, y_val = rng.normal(size=(32, 8)).astype("float32"), keras.utils.to_categorical(rng.integers(0, 3, 32), 3)
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+    calibration = rng.normal(1.0, 2.0, size=(40, 8)).astype("float32")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16), keras.layers.BatchNormalization(),
+                              keras.layers.Activation("relu"), keras.layers.Dropout(0.2),
                               keras.layers.Dense(3, activation="softmax")])
     model.compile(optimizer=make_optimizer(TrainConfig(ema_momentum=0.9, learning_rate=0.05), 0.05, 8),
                   loss="categorical_crossentropy", metrics=["accuracy"])
     before, after = Snapshot(), Snapshot()
-    swap = [ValidateAveragedWeights()] if validate_average else []
+    swap = [ValidateAveragedWeights(calibration, batch_size=16)] if validate_average else []
     model.fit(x, y, batch_size=16, epochs=2, validation_data=(x_val, y_val), shuffle=False, verbose=0,
               callbacks=[before, *swap, after])
-    return [before, after], model, (x_val, y_val)
+    return (before, after), model, (x_val, y_val), calibration
 
 
 def test_the_average_is_validated_and_kept_while_training_goes_on_from_the_raw_weights():
-    (before, after), model, (x_val, y_val) = fit_tiny(validate_average=True)
-    (plain_before, _), _, _ = fit_tiny(validate_average=False)
+    (before, after), model, (x_val, y_val), calibration = fit_tiny(validate_average=True)
+    (_, plain), _, _, _ = fit_tiny(validate_average=False)
     for epoch, seen in enumerate(before.epochs):
-        # Callbacks before the swap (BestWeights) see the average, and the epoch's val_loss is the average's ...
+        # Callbacks before the swap (BestWeights) see the average ...
         for weights, average in zip(seen["weights"], seen["average"]):
             np.testing.assert_array_equal(weights, average)
+        # ... with BatchNormalization's statistics measured for it: the mean over the calibration batches (16, 16, 8)
+        kernel, bias = seen["weights"][:2]
+        batches = [calibration[i:i + 16] @ kernel + bias for i in range(0, 40, 16)]
+        mean, variance = seen["state"][:2]
+        np.testing.assert_allclose(mean, np.mean([b.mean(axis=0) for b in batches], axis=0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(variance, np.mean([b.var(axis=0) for b in batches], axis=0), rtol=1e-4, atol=1e-5)
+        # ... and the epoch's val_loss is the average's.
         probe = keras.models.clone_model(model)
-        probe.set_weights(seen["weights"])
+        probe.set_weights(seen["weights"][:4] + seen["state"][:2] + seen["weights"][4:])
         probe.compile(loss="categorical_crossentropy")
-        assert seen["logs"]["val_loss"] == pytest.approx(probe.evaluate(x_val, y_val, verbose=0, return_dict=True)["loss"], rel=1e-5)
-        # ... while the ones after it (the checkpoint) see the raw weights, the same as a fit without the swap has.
-        raw = after.epochs[epoch]["weights"]
-        assert not all(np.array_equal(r, a) for r, a in zip(raw, seen["average"]))
-        for weights, unswapped in zip(raw, plain_before.epochs[epoch]["weights"]):
-            np.testing.assert_array_equal(weights, unswapped)
-    # Keras puts the average in when fit ends.
-    for weights, average in zip(model.get_weights(), before.epochs[-1]["average"]):
-        np.testing.assert_array_equal(weights, average)
+        assert seen["logs"]["val_loss"] == pytest.approx(probe.evaluate(x_val, y_val, verbose=0, return_dict=True)["loss"],
+                                                         rel=1e-5)
+        # The callbacks after it (the checkpoint) see the raw weights, statistics and dropout seeds: the same
+        # as a fit without the swap has.
+        raw = after.epochs[epoch]
+        assert not all(np.array_equal(r, a) for r, a in zip(raw["weights"], seen["average"]))
+        for value, unswapped in zip(raw["weights"] + raw["state"], plain.epochs[epoch]["weights"] + plain.epochs[epoch]["state"]):
+            np.testing.assert_array_equal(value, unswapped)
 
 
 @pytest.mark.parametrize("value", ["1.0", "0", "high"])

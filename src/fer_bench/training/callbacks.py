@@ -44,28 +44,62 @@ class ValidateAveragedWeights(keras.callbacks.Callback):
     """Validate the optimizer's moving average of the weights (`train.ema_momentum`), not the last step's.
 
     The average goes into the model as validation begins, so that the epoch's val_accuracy and the
-    weights BestWeights keeps are the average's; the raw weights come back at the end of the epoch,
-    after the callbacks before this one, and training goes on from them. Keras itself puts the
-    average in only once, when fit ends.
+    weights BestWeights keeps are the average's; the model's state as training left it comes back at
+    the end of the epoch, after the callbacks before this one, and training goes on from it. Keras
+    averages the trainable weights only: BatchNormalization's moving statistics belong to the raw
+    weights (with them the average of the first epochs predicted one class), so they are measured
+    again for the average, on `calibration` inputs (training images, as the model takes them), as SWA does.
     """
 
-    def __init__(self):
+    def __init__(self, calibration: np.ndarray, batch_size: int):
         super().__init__()
-        self._raw: list | None = None
+        self.calibration = calibration
+        self.batch_size = batch_size
+        self._state: list | None = None
 
     def on_test_begin(self, logs=None):
-        variables = self.model.trainable_variables
-        self._raw = [keras.ops.convert_to_numpy(v.value) for v in variables]
-        self.model.optimizer.finalize_variable_values(variables)
-        for variable in variables:
+        # The non-trainable variables hold the moving statistics and the dropout seeds: both go back afterwards.
+        variables = self.model.trainable_variables + self.model.non_trainable_variables
+        self._state = [keras.ops.convert_to_numpy(v.value) for v in variables]
+        self.model.optimizer.finalize_variable_values(self.model.trainable_variables)
+        for variable in self.model.trainable_variables:
             # On JAX that assignment shares the average's buffer, which the evaluation then frees: copy it.
             variable.assign(keras.ops.copy(variable.value))
+        self._measure_batch_statistics()
+
+    def _measure_batch_statistics(self) -> None:
+        """Moving statistics = the mean of the calibration batches' statistics, as PyTorch's swa_utils.update_bn.
+
+        In training mode a BatchNormalization layer moves its statistics by `momentum`; i / (i + 1) at
+        the i-th batch (from 0) makes them the running mean over the batches.
+        """
+        norms = list(_batch_normalizations(self.model))
+        momenta = [layer.momentum for layer in norms]
+        try:
+            for index, start in enumerate(range(0, len(self.calibration), self.batch_size)):
+                for layer in norms:
+                    layer.momentum = index / (index + 1)
+                self.model(self.calibration[start:start + self.batch_size], training=True)
+        finally:
+            for layer, momentum in zip(norms, momenta):
+                layer.momentum = momentum
 
     def on_epoch_end(self, epoch, logs=None):
-        if self._raw is not None:
-            for variable, value in zip(self.model.trainable_variables, self._raw):
+        if self._state is not None:
+            variables = self.model.trainable_variables + self.model.non_trainable_variables
+            for variable, value in zip(variables, self._state):
                 variable.assign(value)
-            self._raw = None
+            self._state = None
+
+
+def _batch_normalizations(layer):
+    """The BatchNormalization layers that train, nested models (a backbone) searched too."""
+    for sublayer in getattr(layer, "layers", []):
+        if isinstance(sublayer, keras.layers.BatchNormalization):
+            if sublayer.trainable:
+                yield sublayer
+        else:
+            yield from _batch_normalizations(sublayer)
 
 
 class EpochRecorder(keras.callbacks.Callback):
