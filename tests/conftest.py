@@ -38,7 +38,7 @@ def config_id(config: Path) -> str:
 # first-stage CNN config.
 NOT_TRAINED = ("cpu/custom_cnn.yaml", "cpu/hog_rf.yaml", "cpu/hog_svm.yaml", "cpu/mobilenetv2.yaml", "cpu/resnet50.yaml",
                "cpu/tuned_cnn.yaml", "cpu/tuned_cnn_36px.yaml", "cpu/tuned_cnn_36px_continued_sqrt_weights.yaml",
-               "cpu/tuned_cnn_36px_light_dropout.yaml",
+               "cpu/tuned_cnn_36px_light_dropout.yaml", "cpu/tuned_cnn_36px_light_dropout_continued_sqrt_weights.yaml",
                "cpu/tuned_cnn_continued.yaml", "cpu/tuned_cnn_continued_sqrt_weights.yaml",
                "cpu/tuned_cnn_seed7_sqrt_weights.yaml", "rf_cnn_features.yaml", "svm_cnn_features.yaml", "vgg16.yaml")
 SMOKE_CONFIGS = [c for c in CONFIGS if config_id(c) not in NOT_TRAINED]
