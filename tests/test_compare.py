@@ -512,3 +512,16 @@ def test_many_runs_are_read_in_worker_processes_with_the_same_result(tmp_path, m
     pd.testing.assert_frame_equal(parallel.table, serial.table)
     pd.testing.assert_frame_equal(parallel.significance, serial.significance)
     assert len(parallel.table) == 12 and list(parallel.table["seeds"]) == [3] * 12
+
+
+def test_the_settings_column_names_what_tells_a_run_apart():
+    from fer_bench.reporting.compare import _settings
+    from fer_bench.runs.artifacts import Run
+
+    config = {"data": {"input_size": 36}, "augment": {"flip": True},
+              "train": {"optimizer": "adam", "learning_rate": 0.001, "class_weight": "none", "ema_momentum": None}}
+    plain = Run("plain", Path("plain"), {}, config, None, None, {"runtime": {"precision": "float32"}})
+    assert _settings(plain) == "36px, aug, adam lr=0.001"
+    config["train"].update(class_weight="sqrt_balanced", ema_momentum=0.999)
+    averaged = Run("averaged", Path("averaged"), {}, config, None, None, {"runtime": {"precision": "mixed_bfloat16"}})
+    assert _settings(averaged) == "36px, aug, adam lr=0.001, class_weight=sqrt_balanced, ema=0.999, bfloat16"

@@ -125,6 +125,8 @@ def _settings(run: Run) -> str:
         parts.append(f"{train['optimizer']} lr={train.get('learning_rate')}")
     if train.get("class_weight") not in (None, "none"):
         parts.append(f"class_weight={train['class_weight']}")
+    if train.get("ema_momentum"):
+        parts.append(f"ema={train['ema_momentum']}")
     # The policy the run trained under (`auto` decides it per machine), said only where it is not float32.
     precision = (_training_environment(run).get("runtime") or {}).get("precision")
     if precision and precision != "float32":
