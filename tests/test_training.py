@@ -44,7 +44,7 @@ def fit_tiny(validate_average: bool):
     model.compile(optimizer=make_optimizer(TrainConfig(ema_momentum=0.9, learning_rate=0.05), 0.05, 8),
                   loss="categorical_crossentropy", metrics=["accuracy"])
     before, after = Snapshot(), Snapshot()
-    swap = [ValidateAveragedWeights(calibration, batch_size=16)] if validate_average else []
+    swap = [ValidateAveragedWeights([calibration[i:i + 16] for i in range(0, 40, 16)])] if validate_average else []
     model.fit(x, y, batch_size=16, epochs=2, validation_data=(x_val, y_val), shuffle=False, verbose=0,
               callbacks=[before, *swap, after])
     return (before, after), model, (x_val, y_val), calibration

@@ -48,13 +48,12 @@ class ValidateAveragedWeights(keras.callbacks.Callback):
     the end of the epoch, after the callbacks before this one, and training goes on from it. Keras
     averages the trainable weights only: BatchNormalization's moving statistics belong to the raw
     weights (with them the average of the first epochs predicted one class), so they are measured
-    again for the average, on `calibration` inputs (training images, as the model takes them), as SWA does.
+    again for the average, on `calibration` batches (training images, as the model takes them), as SWA does.
     """
 
-    def __init__(self, calibration: np.ndarray, batch_size: int):
+    def __init__(self, calibration: list[np.ndarray]):
         super().__init__()
         self.calibration = calibration
-        self.batch_size = batch_size
         self._state: list | None = None
 
     def on_test_begin(self, logs=None):
@@ -76,10 +75,10 @@ class ValidateAveragedWeights(keras.callbacks.Callback):
         norms = list(_batch_normalizations(self.model))
         momenta = [layer.momentum for layer in norms]
         try:
-            for index, start in enumerate(range(0, len(self.calibration), self.batch_size)):
+            for index, batch in enumerate(self.calibration):
                 for layer in norms:
                     layer.momentum = index / (index + 1)
-                self.model(self.calibration[start:start + self.batch_size], training=True)
+                self.model(batch, training=True)
         finally:
             for layer, momentum in zip(norms, momenta):
                 layer.momentum = momentum

@@ -50,15 +50,14 @@ def make_optimizer(cfg: TrainConfig, learning_rate: float, steps: int) -> Any:
     return getattr(keras.optimizers, class_name)(learning_rate=rate, **kwargs)
 
 
-def calibration_sample(images: np.ndarray, seed: int, size: int = 2048) -> np.ndarray:
+def calibration_batches(images: np.ndarray, seed: int, batch_size: int, size: int = 2048) -> list[np.ndarray]:
     """Training images, drawn once, on which averaged weights measure their BatchNormalization statistics.
 
-    As the model takes them (float32 with a channel axis: 19 MB for 2,048 faces), unaugmented, like the faces
-    the model is validated and used on.
+    Unaugmented, like the faces the model is validated and used on, and batched as validation is.
     """
     rng = np.random.default_rng(seed)
     drawn = images[np.sort(rng.choice(len(images), size=min(size, len(images)), replace=False))]
-    return drawn.astype(np.float32)[..., None]
+    return list(evaluation_dataset(drawn, labels=None, num_classes=0, batch_size=batch_size).as_numpy_iterator())
 
 
 def class_weights(labels: np.ndarray, classes: tuple[str, ...], setting: str | dict[str, float]) -> np.ndarray | None:
@@ -219,6 +218,8 @@ def train_model(exp: Experiment, data: FerData, runtime: Runtime, checkpoint_dir
     # Evaluation holds no gradients: bigger batches cost little memory and cut per-batch overhead.
     val_ds = evaluation_dataset(data.validation.images, data.validation.labels, num_classes,
                                 max(global_batch, EVALUATION_BATCH))
+    # The averaged weights' statistics are measured on these (train.ema_momentum), in every phase.
+    calibration = calibration_batches(data.train.images, cfg.seed, global_batch) if cfg.ema_momentum else None
     with runtime.scope():
         model = build_model(exp)
     progress = _restore(model, checkpoint_dir)
@@ -239,10 +240,9 @@ def train_model(exp: Experiment, data: FerData, runtime: Runtime, checkpoint_dir
         live = [BatchProgress(phase, feed.steps, phase_end)] if terminal() else []
         phase_callbacks: list[Any] = [progress.best, *live, EpochRecorder(phase, progress.history), *stateful,
                                       *callbacks]
-        if cfg.ema_momentum is not None:
+        if calibration is not None:
             # After BestWeights has kept the average and before the checkpoint saves the weights training goes on from.
-            phase_callbacks.append(ValidateAveragedWeights(calibration_sample(data.train.images, cfg.seed),
-                                                           global_batch))
+            phase_callbacks.append(ValidateAveragedWeights(calibration))
         checkpoint = None
         if checkpoint_dir is not None:
             checkpoint = Checkpoint(checkpoint_dir, phase, progress.history, progress.best, stateful,
