@@ -10,7 +10,7 @@ from fer_bench.config import TrainConfig
 from fer_bench.errors import FerBenchError
 from fer_bench.experiment import load_experiment
 from fer_bench.training.callbacks import ValidateAveragedWeights
-from fer_bench.training.fit import make_optimizer
+from fer_bench.training.fit import ema_warning, make_optimizer
 
 from conftest import REPO
 
@@ -87,3 +87,11 @@ def test_the_optimizer_averages_only_when_asked():
     assert not make_optimizer(TrainConfig(), 1e-3, 10).use_ema
     averaged = make_optimizer(dataclasses.replace(TrainConfig(), ema_momentum=0.999), 1e-3, 10)
     assert averaged.use_ema and averaged.ema_momentum == 0.999
+
+
+def test_an_average_longer_than_half_the_phase_is_a_warning():
+    assert ema_warning(None, 10) is None
+    assert ema_warning(0.999, 17 * 449) is None  # the 36 px hour: about 1,000 of 7,633 steps
+    assert ema_warning(0.999, 66) == (
+        "warning: train.ema_momentum 0.999 averages over about 1,000 steps, more than half of this phase's 66: the "
+        "averaged weights still hold much of the first ones (lower it for a run this short)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,15 @@ def make_optimizer(cfg: TrainConfig, learning_rate: float, steps: int) -> Any:
     if cfg.ema_momentum is not None:
         kwargs.update(use_ema=True, ema_momentum=cfg.ema_momentum)
     return getattr(keras.optimizers, class_name)(learning_rate=rate, **kwargs)
+
+
+def ema_warning(momentum: float | None, steps: int) -> str | None:
+    """A warning when the moving average spans more than half the phase: it would still hold much of the start."""
+    if momentum is None or 1 / (1 - momentum) <= steps / 2:
+        return None
+    return (f"warning: train.ema_momentum {momentum} averages over about {1 / (1 - momentum):,.0f} steps, more than half "
+            f"of this phase's {steps:,}: the averaged weights still hold much of the first ones (lower it for a run "
+            "this short)")
 
 
 def calibration_batches(images: np.ndarray, seed: int, batch_size: int, size: int = 2048) -> list[np.ndarray]:
@@ -236,6 +246,9 @@ def train_model(exp: Experiment, data: FerData, runtime: Runtime, checkpoint_dir
         stateful = _stateful_callbacks(cfg, learning_rate)
         feed = EpochFeed(data.train.images, data.train.labels, num_classes, global_batch, exp.augment, cfg.seed,
                          sample_weights, cfg.sampling)
+        warning = ema_warning(cfg.ema_momentum, epochs * feed.steps)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         # The live bar only where someone watches: per-batch callbacks cost a little speed.
         live = [BatchProgress(phase, feed.steps, phase_end)] if terminal() else []
         phase_callbacks: list[Any] = [progress.best, *live, EpochRecorder(phase, progress.history), *stateful,
