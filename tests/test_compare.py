@@ -525,3 +525,7 @@ def test_the_settings_column_names_what_tells_a_run_apart():
     config["train"].update(class_weight="sqrt_balanced", ema_momentum=0.999)
     averaged = Run("averaged", Path("averaged"), {}, config, None, None, {"runtime": {"precision": "mixed_bfloat16"}})
     assert _settings(averaged) == "36px, aug, adam lr=0.001, class_weight=sqrt_balanced, ema=0.999, bfloat16"
+    config["train"].update(class_weight="none", ema_momentum=None, schedule="one_cycle", warmup_fraction=0.3,
+                           batch_size=32)
+    cycled = Run("cycled", Path("cycled"), {}, config, None, None, {"runtime": {"precision": "float32"}})
+    assert _settings(cycled) == "36px, aug, adam lr=0.001, one_cycle warm-up=0.3, batch=32"

@@ -95,3 +95,19 @@ def test_an_average_longer_than_half_the_phase_is_a_warning():
     assert ema_warning(0.999, 66) == (
         "warning: train.ema_momentum 0.999 averages over about 1,000 steps, more than half of this phase's 66: the "
         "averaged weights still hold much of the first ones (lower it for a run this short)")
+
+
+def test_one_cycle_climbs_from_a_25th_to_the_rate_then_falls_to_zero():
+    schedule = make_optimizer(TrainConfig(schedule="one_cycle", warmup_fraction=0.25), 0.01, 100)._learning_rate
+    rate = {step: float(schedule(step)) for step in (0, 10, 25, 50, 100)}
+    assert rate[0] == pytest.approx(0.01 / 25)
+    assert rate[10] == pytest.approx(0.0004 + 0.4 * (0.01 - 0.0004))  # linear warm-up
+    assert rate[25] == pytest.approx(0.01)
+    assert rate[50] == pytest.approx(0.01 * 0.5 * (1 + np.cos(np.pi * 25 / 75)))  # cosine over the other 75 steps
+    assert rate[100] == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("value", ["0", "1.0", "1.5"])
+def test_the_warmup_fraction_lies_strictly_between_zero_and_one(value):
+    with pytest.raises(FerBenchError, match=r"train\.warmup_fraction"):
+        load_experiment(REPO / "configs" / "custom_cnn.yaml", [f"train.warmup_fraction={value}"])

@@ -136,7 +136,12 @@ class TrainConfig:
     learning_rate: float = _field(1e-3, Interval(0.0, low_open=True), "initial rate (the head phase of a fine-tune)")
     weight_decay: float = _field(0.0, Interval(0.0), "decoupled weight decay (adamw, sgd)")
     momentum: float = _field(0.9, Interval(0.0, 1.0), "sgd and rmsprop momentum")
-    schedule: str = _field("plateau", Options(("constant", "cosine", "plateau")))
+    schedule: str = _field("plateau", Options(("constant", "cosine", "one_cycle", "plateau")),
+                           "constant | cosine (learning_rate down to 0 over the phase) | one_cycle (up from "
+                           "learning_rate / 25 to learning_rate over warmup_fraction of the phase, then cosine down to 0) "
+                           "| plateau (cut by plateau_factor when val_loss stalls)")
+    warmup_fraction: float = _field(0.3, Interval(0.0, 1.0, low_open=True, high_open=True),
+                                    "one_cycle: the share of the phase's steps spent rising to learning_rate")
     plateau_patience: int = _field(3, Interval(1), "epochs without a better val_loss before the rate is cut")
     plateau_factor: float = _field(0.5, Interval(0.0, 1.0, low_open=True), "multiplier at each cut")
     epochs: int = _field(30, Interval(1), "maximum epochs (of the fine-tune phase, for a backbone)")

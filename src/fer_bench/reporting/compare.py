@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from fer_bench.backends import usable_cores
-from fer_bench.config import AugmentConfig
+from fer_bench.config import AugmentConfig, TrainConfig
 from fer_bench.errors import RunError
 from fer_bench.evaluation.metrics import MIN_SEEDS, bootstrap_scores, confidence_interval, holm_adjusted, mcnemar_exact, seed_interval, seed_test
 from fer_bench.reporting.groups import Group, group_runs
@@ -123,6 +123,10 @@ def _settings(run: Run) -> str:
             parts.append(", ".join(f"{k}={v}" for k, v in model["params"].items()))
     elif train.get("optimizer"):
         parts.append(f"{train['optimizer']} lr={train.get('learning_rate')}")
+        if train.get("schedule") == "one_cycle":
+            parts.append(f"one_cycle warm-up={train.get('warmup_fraction')}")
+        if train.get("batch_size") not in (None, TrainConfig.batch_size):
+            parts.append(f"batch={train['batch_size']}")
     if train.get("class_weight") not in (None, "none"):
         parts.append(f"class_weight={train['class_weight']}")
     if train.get("ema_momentum"):

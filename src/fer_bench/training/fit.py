@@ -38,13 +38,23 @@ OPTIMIZERS = {
 }
 
 
+ONE_CYCLE_START_DIVISOR = 25  # fast.ai's and PyTorch OneCycleLR's div_factor
+
+
 def make_optimizer(cfg: TrainConfig, learning_rate: float, steps: int) -> Any:
-    """The configured optimizer; a cosine schedule decays over the phase's `steps`, and it may average the weights."""
+    """The configured optimizer; a cosine or one-cycle schedule spans the phase's `steps`; it may average the weights."""
     import keras
 
     rate: Any = learning_rate
     if cfg.schedule == "cosine":
         rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(steps, 1))
+    elif cfg.schedule == "one_cycle":
+        # Smith's one-cycle: a low start steadies the first steps, and the climb lets the peak sit above the
+        # rate a plain decay could start from. Keras' warm-up is linear; decay_steps counts after it.
+        warmup = max(round(steps * cfg.warmup_fraction), 1)
+        rate = keras.optimizers.schedules.CosineDecay(learning_rate / ONE_CYCLE_START_DIVISOR,
+                                                      decay_steps=max(steps - warmup, 1),
+                                                      warmup_target=learning_rate, warmup_steps=warmup)
     class_name, kwargs = OPTIMIZERS[cfg.optimizer](cfg, learning_rate)
     if cfg.ema_momentum is not None:
         kwargs.update(use_ema=True, ema_momentum=cfg.ema_momentum)
