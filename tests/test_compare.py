@@ -17,7 +17,7 @@ from fer_bench.evaluation.metrics import bootstrap_scores, confidence_interval, 
 from fer_bench.evaluation.predictors import load_predictor
 from fer_bench.reporting.compare import comparison_table, significance_table, significance_text, trained_on
 from fer_bench.reporting.groups import group_runs
-from fer_bench.runs.artifacts import Run
+from fer_bench.runs.artifacts import Run, read_run
 
 runner = CliRunner()
 CLASSES = ("angry", "happy", "surprise")
@@ -304,6 +304,46 @@ def test_ensemble_rejects_bad_members(trained_runs, tmp_path):
     assert out.exit_code == 1 and out.output.strip() == "error: broken: predictions.csv is missing"
 
 
+@pytest.mark.slow
+def test_train_time_follows_a_continued_run_back_to_its_first_stage_and_counts_a_shared_stage_once(trained_runs,
+                                                                                                   fer_folder, tmp_path):
+    from fer_bench.experiment import load_experiment
+    from fer_bench.runs.runner import run_experiment
+
+    first = trained_runs / "custom_cnn"
+    first_seconds = json.loads((first / "metrics.json").read_text())["training_seconds"]
+    overrides = ["data.classes=[angry, happy, surprise]", "train.epochs=1", "train.batch_size=8",
+                 "model.params.filters=[8, 16]", "model.params.dense_units=16", f"model.weights={first / 'model.keras'}"]
+    exp = load_experiment(REPO / "configs" / "custom_cnn.yaml", overrides + ["name=second"])
+    second = run_experiment(exp, data_dir=fer_folder, results_dir=tmp_path)
+    metrics = json.loads((second / "metrics.json").read_text())
+    assert metrics["earlier_stages"] == [{"run": "custom_cnn", "training_seconds": first_seconds}]
+    assert metrics["training_seconds"] > 0  # its own time, which a time budget measures, stays its own
+
+    out = invoke("ensemble", first, second, "--name", "both", "--results-dir", tmp_path)
+    assert out.exit_code == 0, out.output
+    ensemble = json.loads((tmp_path / "both" / "metrics.json").read_text())
+    assert [s["run"] for s in ensemble["stages"]] == ["custom_cnn", "second"]
+    assert ensemble["training_seconds"] == pytest.approx(first_seconds + metrics["training_seconds"])
+    runs = group_runs([read_run(tmp_path / name, name) for name in ("second", "both")])
+    rows = comparison_table(runs, "test").set_index("name")
+    assert rows.loc["second", "training_seconds"] == pytest.approx(first_seconds + metrics["training_seconds"])
+    assert rows.loc["both", "training_seconds"] == pytest.approx(ensemble["training_seconds"])
+
+
+def test_a_weights_file_that_is_no_runs_model_has_no_earlier_stages(tmp_path):
+    from fer_bench.runs.artifacts import earlier_stages
+
+    assert earlier_stages(None) == [] and earlier_stages("imagenet") == []
+    (tmp_path / "backbone.weights.h5").write_bytes(b"")
+    (tmp_path / "metrics.json").write_text('{"run": "x", "training_seconds": 5}')
+    assert earlier_stages(str(tmp_path / "backbone.weights.h5")) == []
+    (tmp_path / "model.keras").write_bytes(b"")
+    assert earlier_stages(str(tmp_path / "model.keras")) == [{"run": "x", "training_seconds": 5}]
+    (tmp_path / "metrics.json").write_text("{broken")
+    assert earlier_stages(str(tmp_path / "model.keras")) == []
+
+
 def test_runs_on_other_data_are_a_family_of_their_own_and_leave_the_main_verdicts_as_they_were():
     main = [scored_run("a", 0), scored_run("b", 6), scored_run("c", 9)]
     others = [scored_run(f"tiny-{i}", i, fingerprint="tiny subset", images=20) for i in range(6)]
@@ -516,7 +556,7 @@ def test_many_runs_are_read_in_worker_processes_with_the_same_result(tmp_path, m
 
 def test_the_settings_column_names_what_tells_a_run_apart():
     from fer_bench.reporting.compare import _settings
-    from fer_bench.runs.artifacts import Run
+    from fer_bench.runs.artifacts import Run, read_run
 
     config = {"data": {"input_size": 36}, "augment": {"flip": True},
               "train": {"optimizer": "adam", "learning_rate": 0.001, "class_weight": "none", "ema_momentum": None}}

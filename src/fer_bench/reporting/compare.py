@@ -27,7 +27,7 @@ from fer_bench.config import AugmentConfig, TrainConfig
 from fer_bench.errors import RunError
 from fer_bench.evaluation.metrics import MIN_SEEDS, bootstrap_scores, confidence_interval, holm_adjusted, mcnemar_exact, seed_interval, seed_test
 from fer_bench.reporting.groups import Group, group_runs
-from fer_bench.runs.artifacts import Run, RunDirectory, read_run, run_folders
+from fer_bench.runs.artifacts import Run, RunDirectory, read_run, run_folders, training_stages
 
 METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "weighted_f1")
 SORT_KEYS = (*METRICS, "name", "training_seconds", "parameters")
@@ -140,6 +140,13 @@ def _settings(run: Run) -> str:
     return ", ".join(parts)
 
 
+def _training_seconds(run: Run) -> float | None:
+    """What the run's predictions took to train from scratch: with the stages it continued from, or an ensemble's
+    members' stages (each once)."""
+    stages = training_stages({"run": run.name, **run.metrics})
+    return sum(float(s["training_seconds"]) for s in stages) if stages else run.metrics.get("training_seconds")
+
+
 def _training_environment(run: Run) -> dict:
     """Where the run's model trained: an evaluation's environment.json keeps its run's under `trained`."""
     return run.environment.get("trained") or run.environment
@@ -205,7 +212,7 @@ def run_row(run: Run, split: str, num_resamples: int) -> dict[str, Any]:
         "accuracy_no_duplicates": (run.metrics.get(f"{split}_unique") or {}).get("accuracy", np.nan),
         "images": scores.get("count", 0),
         "parameters": run.metrics.get("parameters"),
-        "training_seconds": run.metrics.get("training_seconds"),
+        "training_seconds": _training_seconds(run),
         "trained_on": "-" if run.metrics.get("kind") == "ensemble" else trained_on(_training_environment(run)),
         "epochs": run.metrics.get("epochs_run"),
         "interval": "test images",

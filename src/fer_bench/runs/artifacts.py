@@ -41,6 +41,7 @@ except ImportError:  # Windows: no advisory locks; runs of the same name must no
 LOCK_FILE = ".lock"
 PACKAGES = ("fer-bench", "tensorflow", "tensorflow-cpu", "keras", "numpy", "scikit-learn", "pandas",
             "matplotlib", "pyyaml", "typer", "pillow", "kagglehub")
+MODEL_FILE = "model.keras"
 
 
 def now() -> str:
@@ -163,7 +164,7 @@ class RunDirectory:
         """Save a PIL image; the format follows the name's suffix."""
         atomic_write(self.file(name), lambda tmp: image.save(tmp, format=Path(name).suffix[1:].upper().replace("JPG", "JPEG")))
 
-    def save_model(self, model: Any, name: str = "model.keras") -> None:
+    def save_model(self, model: Any, name: str = MODEL_FILE) -> None:
         atomic_write(self.file(name), model.save)  # the temporary name keeps .keras, which Keras insists on
 
     def save_joblib(self, obj: Any, name: str = "model.joblib") -> None:
@@ -278,6 +279,39 @@ def environment_record() -> dict:
         "command": " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv)),
         "keras_backend": keras_backend(),
     }
+
+
+def earlier_stages(weights: str | None) -> list[dict[str, Any]]:
+    """The trainings that a model continued from, first stage first (each a run name and its training_seconds):
+    read from the metrics.json beside a weights file that is a finished run's model.keras; [] for any other file."""
+    if not weights or Path(weights).name != MODEL_FILE:
+        return []
+    folder = Path(weights).parent
+    try:
+        metrics = json.loads((folder / METRICS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(metrics, dict) or metrics.get("training_seconds") is None:
+        return []
+    return training_stages({"run": folder.name, **metrics})
+
+
+def training_stages(metrics: dict) -> list[dict[str, Any]]:
+    """Every training that the run's predictions took, first stage first: an ensemble's are its members', each
+    counted once (members may share a first stage); a run's are the stages it continued from, and its own."""
+    if metrics.get("kind") == "ensemble":
+        return list(metrics.get("stages") or [])
+    own = {"run": metrics.get("run"), "training_seconds": metrics.get("training_seconds")}
+    return [*metrics.get("earlier_stages", []), own] if own["training_seconds"] is not None else []
+
+
+def union_of_stages(stage_lists: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The stages of several lineages, each run once, in first-seen order."""
+    seen: dict[str, dict[str, Any]] = {}
+    for stages in stage_lists:
+        for stage in stages:
+            seen.setdefault(stage["run"], stage)
+    return list(seen.values())
 
 
 def keras_backend() -> str | None:

@@ -16,7 +16,8 @@ from fer_bench.data.dataset import FerData
 from fer_bench.errors import ConfigError, RunError
 from fer_bench.evaluation.metrics import SplitPredictions
 from fer_bench.files import METRICS_FILE
-from fer_bench.runs.artifacts import Run, RunDirectory, environment_record, now, read_run, run_folders, write_evaluation
+from fer_bench.runs.artifacts import (MODEL_FILE, Run, RunDirectory, environment_record, now, read_run, run_folders,
+                                     training_stages, union_of_stages, write_evaluation)
 
 
 def group_members(folder: Path) -> list[Path]:
@@ -56,7 +57,7 @@ def ensemble_runs(run_paths: list[Path], name: str, results_dir: Path | None = N
         if member.metrics.get("data_fingerprint") != first.metrics.get("data_fingerprint"):
             raise RunError(f"{member.name} and {first.name} were evaluated on different data")
     classes = tuple(first.classes)
-    model_files = [m.path / "model.keras" for m in members]
+    model_files = [m.path / MODEL_FILE for m in members]
     if tta != "none" and not all(f.is_file() for f in model_files):
         keras_less = next(m.name for m, f in zip(members, model_files) if not f.is_file())
         raise RunError(f"--tta needs every member's model.keras to score new views; {keras_less} has none")
@@ -99,13 +100,16 @@ def ensemble_runs(run_paths: list[Path], name: str, results_dir: Path | None = N
 
                 metrics["test_tta"] = tta_scores(keras_predictor(model, classes), data.test.images, data.test.labels, tta)
         run.write_json("environment.json", {**environment_record(), "started": started, "finished": now()})
+        stages = union_of_stages([training_stages({"run": m.name, **m.metrics}) for m in members])
         record = {
             "run": name, "model": "ensemble", "kind": "ensemble", "members": member_names, "classes": list(classes),
             "data_fingerprint": first.metrics.get("data_fingerprint"), "protocol": first.metrics.get("protocol"),
             # Members that trained under mixed precision and predict here in float32: scored again as such.
             "rebuilt_in_float32": rebuilt,
             "parameters": sum(int(m.metrics.get("parameters") or 0) for m in members),
-            "training_seconds": round(sum(float(m.metrics.get("training_seconds") or 0) for m in members), 2),
+            # What the predictor cost to train: every member's stages, a stage that members share counted once.
+            "stages": stages,
+            "training_seconds": round(sum(float(stage["training_seconds"]) for stage in stages), 2),
             **metrics,
         }
         run.write_json(METRICS_FILE, record)  # last: its presence marks a complete set of artifacts

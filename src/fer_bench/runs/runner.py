@@ -20,7 +20,8 @@ from fer_bench.errors import FerBenchError, RunError
 from fer_bench.evaluation.metrics import SplitPredictions, single_class_warning
 from fer_bench.experiment import data_config, load_experiment, model_kind, seed_moves
 from fer_bench.files import METRICS_FILE
-from fer_bench.runs.artifacts import RunDirectory, environment_record, now, numbered_siblings, write_evaluation
+from fer_bench.runs.artifacts import (RunDirectory, earlier_stages, environment_record, now, numbered_siblings,
+                                     write_evaluation)
 
 SPLITS_EVALUATED = ("validation", "test")
 CHECKPOINT_DIR = "checkpoint"  # per-epoch training state, removed once the run has finished
@@ -212,7 +213,8 @@ def _train_keras(exp: Experiment, data: FerData, run: RunDirectory) -> Trained:
         predictor=keras_predictor(result.model, data.classes),
         record={"kind": "keras", "parameters": int(result.model.count_params()), "best_epoch": result.best_epoch,
                 "epochs_run": len(result.history), "training_seconds": round(sum(result.phase_seconds.values()), 2),
-                "weights": exp.model.weights, "imbalance": result.imbalance},
+                "weights": exp.model.weights, "earlier_stages": earlier_stages(exp.model.weights),
+                "imbalance": result.imbalance},
         environment={"runtime": result.runtime, "deterministic": exp.train.deterministic,
                      "global_batch_size": result.global_batch_size},
         seconds={f"train_{phase}": s for phase, s in result.phase_seconds.items()},
@@ -267,7 +269,9 @@ def _train_features(exp: Experiment, data: FerData, run: RunDirectory) -> Traine
     return Trained(
         predictor=Predictor(data.classes, fit.model.predict_proba, "model.joblib"),
         record={"kind": "features", "parameters": None, "epochs_run": None,
-                "training_seconds": round(sum(seconds.values()), 2), "features": fit.record},
+                "training_seconds": round(sum(seconds.values()), 2), "features": fit.record,
+                # A first stage trained here is in training_seconds already; a finished run's is an earlier stage.
+                "earlier_stages": earlier_stages(str(source)) if exp.features.from_run is not None else []},
         environment={},
         seconds=seconds,
         probabilities={s: fit.model.probabilities_from_features(fit.features[s]) for s in SPLITS_EVALUATED},
