@@ -42,6 +42,8 @@ run configs/cpu/tuned_cnn_36px_light_dropout.yaml --name cpu-tuned_cnn_36px_ligh
 run configs/cpu/tuned_cnn_36px_light_dropout_continued_sqrt_weights.yaml \
   --name cpu-tuned_cnn_36px_light_dropout_continued_sqrt_weights
 run configs/cpu/tuned_cnn_36px_ema.yaml --name cpu-tuned_cnn_36px_ema
+run configs/cpu/tuned_cnn_36px_batch32.yaml --name cpu-tuned_cnn_36px_batch32
+run configs/cpu/tuned_cnn_36px_one_cycle.yaml --name cpu-tuned_cnn_36px_one_cycle
 # The float32 and bfloat16 two-stage CNNs averaged (not shipped: README "The shipped model").
 fer-bench ensemble "$out/cpu-tuned_cnn_continued_sqrt_weights" "$out/cpu-tuned_cnn-bf16_continued_sqrt_weights" \
   --name ensemble-tuned-cnn-float32-bfloat16 --results-dir "$out" --tta flip --data-dir "$data"

@@ -29,15 +29,16 @@ def config_id(config: Path) -> str:
 
 # Configs that change only the settings of a model family and a way of training that another config trains end to
 # end here: loaded and checked, not trained, so that the slow set stays lean. The CPU twins of custom_cnn, tuned_cnn
-# and hog_svm (the same code paths as their originals), and cpu/tuned_cnn_seed7_sqrt_weights (tuned_cnn with fewer
-# epochs, another seed and class weights); mobilenetv2 and resnet50 fine-tuned in two phases
+# and hog_svm (the same code paths as their originals), cpu/tuned_cnn_seed7_sqrt_weights (tuned_cnn with fewer
+# epochs, another seed and class weights) and cpu/tuned_cnn_36px_batch32 (its batch size); mobilenetv2 and resnet50 fine-tuned in two phases
 # (mobilenetv2.yaml and resnet50.yaml train that way); vgg16.yaml (vgg16 trains whole as cpu/vgg16, and two phases
 # are the other backbones'); the tuned CNN's second stages (their start from a run's model.keras: test_models);
 # rf_cnn_features and cpu/hog_rf, another classifier on the features of cpu/svm_cnn_features and hog_svm (which
 # train those ways; test_classical fits every classifier); svm_cnn_features, cpu/svm_cnn_features with another
 # first-stage CNN config.
 NOT_TRAINED = ("cpu/custom_cnn.yaml", "cpu/hog_rf.yaml", "cpu/hog_svm.yaml", "cpu/mobilenetv2.yaml", "cpu/resnet50.yaml",
-               "cpu/tuned_cnn.yaml", "cpu/tuned_cnn_36px.yaml", "cpu/tuned_cnn_36px_continued_sqrt_weights.yaml",
+               "cpu/tuned_cnn.yaml", "cpu/tuned_cnn_36px.yaml", "cpu/tuned_cnn_36px_batch32.yaml",
+               "cpu/tuned_cnn_36px_continued_sqrt_weights.yaml",
                "cpu/tuned_cnn_36px_light_dropout.yaml", "cpu/tuned_cnn_36px_light_dropout_continued_sqrt_weights.yaml",
                "cpu/tuned_cnn_continued.yaml", "cpu/tuned_cnn_continued_sqrt_weights.yaml",
                "cpu/tuned_cnn_seed7_sqrt_weights.yaml", "rf_cnn_features.yaml", "svm_cnn_features.yaml", "vgg16.yaml")
