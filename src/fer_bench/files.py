@@ -17,9 +17,10 @@ from typing import Any
 
 from fer_bench.errors import FerBenchError
 
-# A run folder's files that more than its writer reads: its state, and its metrics (written last).
+# A run folder's files that more than its writer reads: its state, its metrics (written last), and its Keras model.
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.json"
+MODEL_FILE = "model.keras"
 
 
 FOLDER_NAME_RULE = "one folder name (no '/', no '..', not empty)"

@@ -14,7 +14,7 @@ from fer_bench import EMOTIONS
 from fer_bench.data.pipeline import EVALUATION_BATCH, evaluation_dataset
 from fer_bench.data.sources import IMAGE_SUFFIXES
 from fer_bench.errors import RunError
-from fer_bench.files import METRICS_FILE
+from fer_bench.files import METRICS_FILE, MODEL_FILE
 
 # The model that ships inside the package, laid out as a run folder (model.keras, metrics.json,
 # config.yaml): `predict` and `evaluate` use it when no run is given. README says how it was trained.
@@ -57,7 +57,7 @@ def _load_joblib(path: Path, classes: tuple[str, ...] | None) -> Predictor:
 
 # Model files a run may hold, and how to load each.
 PREDICTOR_LOADERS: dict[str, Callable[[Path, tuple[str, ...] | None], Predictor]] = {
-    "model.keras": _load_keras,
+    MODEL_FILE: _load_keras,
     "model.joblib": _load_joblib,
 }
 

@@ -21,7 +21,7 @@ from fer_bench.config import Experiment, SearchConfig, check_arguments
 from fer_bench.console import ProgressBar, working
 from fer_bench.data.dataset import FerData, stratified_indices
 from fer_bench.errors import ConfigError, FerBenchError, RunError
-from fer_bench.files import atomic_write, cache_dir
+from fer_bench.files import MODEL_FILE, atomic_write, cache_dir
 from fer_bench.models.registry import FEATURE_LAYER
 from fer_bench.registry import Registry
 
@@ -99,7 +99,7 @@ def check_feature_config(exp: Experiment) -> None:
             source = Path(features.from_run)
             if not (source / "metrics.json").is_file():
                 raise ConfigError(f"features.from_run: {source} is not a finished run (no metrics.json)")
-            if not (source / "model.keras").is_file():
+            if not (source / MODEL_FILE).is_file():
                 raise ConfigError(f"features.from_run: {source} is not a CNN run (no model.keras)")
     elif features.from_run is not None or features.cnn_config is not None:
         raise ConfigError(f"features.from_run and features.cnn_config apply to the cnn extractor, not {features.extractor}")

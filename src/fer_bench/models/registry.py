@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from fer_bench.config import Experiment, Interval, check_arguments
 from fer_bench.errors import ConfigError, FerBenchError
+from fer_bench.files import MODEL_FILE
 from fer_bench.registry import Registry
 
 INPUT_SHAPE = (48, 48, 1)
@@ -74,7 +75,7 @@ def check_model_config(exp: Experiment) -> None:
             raise ConfigError(f"model.fine_tune applies to backbones {MODELS.having('preprocess')}, not {cfg.name}; "
                               "set it to null")
     if cfg.weights not in (None, "imagenet") and not Path(cfg.weights).is_file():
-        hint = ("a run's model file: train that run first" if Path(cfg.weights).name == "model.keras"
+        hint = ("a run's model file: train that run first" if Path(cfg.weights).name == MODEL_FILE
                 else "use imagenet, null or a weights file")
         raise ConfigError(f"model.weights: file not found: {cfg.weights} ({hint})")
 

@@ -143,7 +143,7 @@ def _settings(run: Run) -> str:
 def _training_seconds(run: Run) -> float | None:
     """What the run's predictions took to train from scratch: with the stages it continued from, or an ensemble's
     members' stages (each once)."""
-    stages = training_stages({"run": run.name, **run.metrics})
+    stages = training_stages(run.metrics)
     return sum(float(s["training_seconds"]) for s in stages) if stages else run.metrics.get("training_seconds")
 
 

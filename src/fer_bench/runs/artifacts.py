@@ -31,7 +31,7 @@ import yaml
 from fer_bench.backends import cpu_features
 from fer_bench.errors import FerBenchError, RunError
 from fer_bench.evaluation.metrics import SplitPredictions, confusion, report_text, score_splits
-from fer_bench.files import FOLDER_NAME_RULE, METRICS_FILE, STATUS_FILE, atomic_write, is_folder_name
+from fer_bench.files import FOLDER_NAME_RULE, METRICS_FILE, MODEL_FILE, STATUS_FILE, atomic_write, is_folder_name
 
 try:
     import fcntl
@@ -41,7 +41,6 @@ except ImportError:  # Windows: no advisory locks; runs of the same name must no
 LOCK_FILE = ".lock"
 PACKAGES = ("fer-bench", "tensorflow", "tensorflow-cpu", "keras", "numpy", "scikit-learn", "pandas",
             "matplotlib", "pyyaml", "typer", "pillow", "kagglehub")
-MODEL_FILE = "model.keras"
 
 
 def now() -> str:
@@ -286,14 +285,13 @@ def earlier_stages(weights: str | None) -> list[dict[str, Any]]:
     read from the metrics.json beside a weights file that is a finished run's model.keras; [] for any other file."""
     if not weights or Path(weights).name != MODEL_FILE:
         return []
-    folder = Path(weights).parent
     try:
-        metrics = json.loads((folder / METRICS_FILE).read_text())
+        metrics = RunDirectory(Path(weights).parent).read_json(METRICS_FILE)
     except (OSError, ValueError):
         return []
     if not isinstance(metrics, dict) or metrics.get("training_seconds") is None:
         return []
-    return training_stages({"run": folder.name, **metrics})
+    return training_stages(metrics)
 
 
 def training_stages(metrics: dict) -> list[dict[str, Any]]:

@@ -15,9 +15,9 @@ import numpy as np
 from fer_bench.data.dataset import FerData
 from fer_bench.errors import ConfigError, RunError
 from fer_bench.evaluation.metrics import SplitPredictions
-from fer_bench.files import METRICS_FILE
-from fer_bench.runs.artifacts import (MODEL_FILE, Run, RunDirectory, environment_record, now, read_run, run_folders,
-                                     training_stages, union_of_stages, write_evaluation)
+from fer_bench.files import METRICS_FILE, MODEL_FILE
+from fer_bench.runs.artifacts import (Run, RunDirectory, environment_record, now, read_run, run_folders, training_stages,
+                                     union_of_stages, write_evaluation)
 
 
 def group_members(folder: Path) -> list[Path]:
@@ -100,7 +100,7 @@ def ensemble_runs(run_paths: list[Path], name: str, results_dir: Path | None = N
 
                 metrics["test_tta"] = tta_scores(keras_predictor(model, classes), data.test.images, data.test.labels, tta)
         run.write_json("environment.json", {**environment_record(), "started": started, "finished": now()})
-        stages = union_of_stages([training_stages({"run": m.name, **m.metrics}) for m in members])
+        stages = union_of_stages([training_stages(m.metrics) for m in members])
         record = {
             "run": name, "model": "ensemble", "kind": "ensemble", "members": member_names, "classes": list(classes),
             "data_fingerprint": first.metrics.get("data_fingerprint"), "protocol": first.metrics.get("protocol"),

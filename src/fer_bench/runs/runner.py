@@ -19,7 +19,7 @@ from fer_bench.data.dataset import FerData, data_notices, load_data
 from fer_bench.errors import FerBenchError, RunError
 from fer_bench.evaluation.metrics import SplitPredictions, single_class_warning
 from fer_bench.experiment import data_config, load_experiment, model_kind, seed_moves
-from fer_bench.files import METRICS_FILE
+from fer_bench.files import METRICS_FILE, MODEL_FILE
 from fer_bench.runs.artifacts import (RunDirectory, earlier_stages, environment_record, now, numbered_siblings,
                                      write_evaluation)
 
@@ -242,16 +242,16 @@ def _feature_source(exp: Experiment, run: RunDirectory, data: FerData) -> Path |
     if features.extractor != "cnn":
         return None
     if features.from_run is not None:
-        return Path(features.from_run) / "model.keras"  # checked when the config was loaded
+        return Path(features.from_run) / MODEL_FILE  # checked when the config was loaded
     # First stage: the CNN experiment, on this run's data, trained into <run>/cnn/ (or resumed there).
     stage_dir = RunDirectory(run.file("cnn"))
     if stage_dir.state() == "finished":
-        return stage_dir.file("model.keras")
+        return stage_dir.file(MODEL_FILE)
     stage = load_experiment(features.cnn_config, list(features.cnn_overrides))
     stage = dataclasses.replace(stage, data=exp.data, train=dataclasses.replace(stage.train, seed=exp.train.seed))
     given = "".join(f" --set {o}" for o in features.cnn_overrides)
     print(f"== first stage: training {features.cnn_config}{given} for its features", file=sys.stderr, flush=True)
-    return run_experiment(stage, results_dir=run.path, name="cnn", data=data) / "model.keras"
+    return run_experiment(stage, results_dir=run.path, name="cnn", data=data) / MODEL_FILE
 
 
 def _train_features(exp: Experiment, data: FerData, run: RunDirectory) -> Trained:
