@@ -31,6 +31,12 @@ def test_custom_cnn_parameters_come_from_the_config():
     assert sum("conv2d" in layer.name for layer in small.layers) == 4
 
 
+def test_custom_cnn_takes_a_convolution_count_per_block():
+    model = build_model(experiment("custom_cnn", params={"filters": [8, 16, 32], "convs_per_block": [1, 2, 3]}))
+    widths = [layer.filters for layer in model.layers if "conv2d" in layer.name]
+    assert widths == [8, 16, 16, 32, 32, 32]
+
+
 def test_backbone_loads_a_local_weights_file(tmp_path):
     import keras
 

@@ -11,7 +11,12 @@ from fer_bench.models.registry import INPUT_SHAPE, Rate, Units, Width, classifie
 
 def _check_custom_cnn(exp: Experiment) -> None:
     """Each block halves the side with max-pooling: past 1 pixel there is nothing left to pool."""
-    blocks = len(exp.model.params.get("filters", model_params("custom_cnn")["filters"]))
+    defaults = model_params("custom_cnn")
+    blocks = len(exp.model.params.get("filters", defaults["filters"]))
+    convs = exp.model.params.get("convs_per_block", defaults["convs_per_block"])
+    if isinstance(convs, list) and len(convs) != blocks:
+        raise ConfigError(f"model.params.convs_per_block: {len(convs)} counts for {blocks} blocks (model.params.filters); "
+                          "give one count per block, or one number for all")
     side = exp.data.input_size
     if side >> blocks < 1:
         most = side.bit_length() - 1
@@ -21,10 +26,14 @@ def _check_custom_cnn(exp: Experiment) -> None:
 
 @register("custom_cnn", check=_check_custom_cnn)
 def custom_cnn(num_classes: int, input_size: int, colour: str, weights: str | None,
-               filters: list[Width] = (32, 64, 128, 256), convs_per_block: Width = 2, batch_norm: bool = True,
-               block_dropout: Rate = 0.25, dense_units: Units = 256, dropout: Rate = 0.5,
+               filters: list[Width] = (32, 64, 128, 256), convs_per_block: Width | list[Width] = 2,
+               batch_norm: bool = True, block_dropout: Rate = 0.25, dense_units: Units = 256, dropout: Rate = 0.5,
                l2: Annotated[float, Interval(0.0)] = 0.0) -> Any:
-    """VGG-style blocks of 3x3 convolutions, each block ending in max-pooling and dropout."""
+    """VGG-style blocks of 3x3 convolutions, each block ending in max-pooling and dropout.
+
+    `convs_per_block` is one count for every block or a list, one per block: the first block works at
+    the full input side, so one convolution fewer there saves the most arithmetic.
+    """
     import keras
 
     from fer_bench.models.layers import GreyToRGB
@@ -36,8 +45,9 @@ def custom_cnn(num_classes: int, input_size: int, colour: str, weights: str | No
         x = keras.layers.Resizing(input_size, input_size)(x)
     if colour == "rgb":
         x = GreyToRGB()(x)
-    for width in filters:
-        for _ in range(convs_per_block):
+    counts = convs_per_block if isinstance(convs_per_block, list) else [convs_per_block] * len(filters)
+    for width, count in zip(filters, counts):
+        for _ in range(int(count)):
             x = keras.layers.Conv2D(int(width), 3, padding="same", use_bias=not batch_norm,
                                     kernel_regularizer=regulariser)(x)
             if batch_norm:
