@@ -10,7 +10,8 @@ from fer_bench.models.registry import INPUT_SHAPE, Rate, Units, Width, classifie
 
 
 def _check_custom_cnn(exp: Experiment) -> None:
-    """Each block halves the side with max-pooling: past 1 pixel there is nothing left to pool."""
+    """A list of convolution counts gives one per block; each block halves the side with max-pooling, and
+    past 1 pixel there is nothing left to pool."""
     defaults = model_params("custom_cnn")
     blocks = len(exp.model.params.get("filters", defaults["filters"]))
     convs = exp.model.params.get("convs_per_block", defaults["convs_per_block"])
