@@ -556,16 +556,31 @@ def test_many_runs_are_read_in_worker_processes_with_the_same_result(tmp_path, m
 
 def test_the_settings_column_names_what_tells_a_run_apart():
     from fer_bench.reporting.compare import _settings
-    from fer_bench.runs.artifacts import Run, read_run
+    from fer_bench.runs.artifacts import Run
 
-    config = {"data": {"input_size": 36}, "augment": {"flip": True},
+    config = {"data": {"input_size": 36}, "augment": {"flip": True, "rotation": 0.0, "shift": 0.1},
+              "model": {"name": "custom_cnn", "params": {"filters": [32, 64, 128, 256], "dropout": 0.5}},
               "train": {"optimizer": "adam", "learning_rate": 0.001, "class_weight": "none", "ema_momentum": None}}
     plain = Run("plain", Path("plain"), {}, config, None, None, {"runtime": {"precision": "float32"}})
-    assert _settings(plain) == "36px, aug, adam lr=0.001"
+    assert _settings(plain) == "36px, aug=flip+shift, adam lr=0.001"
     config["train"].update(class_weight="sqrt_balanced", ema_momentum=0.999)
     averaged = Run("averaged", Path("averaged"), {}, config, None, None, {"runtime": {"precision": "mixed_bfloat16"}})
-    assert _settings(averaged) == "36px, aug, adam lr=0.001, class_weight=sqrt_balanced, ema=0.999, bfloat16"
+    assert _settings(averaged) == "36px, aug=flip+shift, adam lr=0.001, class_weight=sqrt_balanced, ema=0.999, bfloat16"
     config["train"].update(class_weight="none", ema_momentum=None, schedule="one_cycle", warmup_fraction=0.3,
                            batch_size=32)
     cycled = Run("cycled", Path("cycled"), {}, config, None, None, {"runtime": {"precision": "float32"}})
-    assert _settings(cycled) == "36px, aug, adam lr=0.001, one_cycle warm-up=0.3, batch=32"
+    assert _settings(cycled) == "36px, aug=flip+shift, adam lr=0.001, one_cycle warm-up=0.3, batch=32"
+
+
+def test_the_settings_column_gives_the_model_parameters_that_differ_from_the_defaults():
+    from fer_bench.reporting.compare import _settings
+    from fer_bench.runs.artifacts import Run
+
+    params = {"filters": [32, 64, 128, 256], "convs_per_block": [1, 2, 2, 2], "batch_norm": True, "dropout": 0.2}
+    config = {"data": {"input_size": 48}, "augment": {}, "model": {"name": "custom_cnn", "params": params},
+              "train": {"optimizer": "adam", "learning_rate": 0.001}}
+    lean = Run("lean", Path("lean"), {}, config, None, None, {})
+    assert _settings(lean) == "48px, convs_per_block=[1,2,2,2], dropout=0.2, adam lr=0.001"
+    # A model that is no longer registered has no defaults to leave out: every parameter given is shown.
+    config["model"] = {"name": "retired_cnn", "params": {"width": 8}}
+    assert _settings(Run("old", Path("old"), {}, config, None, None, {})) == "48px, width=8, adam lr=0.001"

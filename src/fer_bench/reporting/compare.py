@@ -26,6 +26,7 @@ from fer_bench.backends import usable_cores
 from fer_bench.config import AugmentConfig, TrainConfig
 from fer_bench.errors import RunError
 from fer_bench.evaluation.metrics import MIN_SEEDS, bootstrap_scores, confidence_interval, holm_adjusted, mcnemar_exact, seed_interval, seed_test
+from fer_bench.models.registry import MODELS, model_params
 from fer_bench.reporting.groups import Group, group_runs
 from fer_bench.runs.artifacts import Run, RunDirectory, read_run, run_folders, training_stages
 
@@ -107,6 +108,20 @@ def _read_scored(job: tuple[Path, str, str | None]) -> Run | str:
     return run
 
 
+def _value(value: Any) -> str:
+    """A setting's value without the spaces that the ", " between settings would blur."""
+    return f"[{','.join(map(str, value))}]" if isinstance(value, (list, tuple)) else str(value)
+
+
+def _model_settings(model: dict) -> list[str]:
+    """A deep model's parameters where they differ from its builder's defaults (every one given, for a model
+    that is no longer registered): what tells two runs of one architecture apart."""
+    params = model.get("params") or {}
+    defaults = model_params(model["name"]) if model.get("name") in MODELS else {}
+    return [f"{key}={_value(value)}" for key, value in params.items()
+            if key not in defaults or _value(value) != _value(defaults[key])]
+
+
 def _settings(run: Run) -> str:
     """The few settings that tell runs apart at a glance."""
     cfg = run.config
@@ -114,13 +129,16 @@ def _settings(run: Run) -> str:
     parts = [f"{data['input_size']}px"] if "input_size" in data else []
     if model.get("weights"):
         parts.append(f"weights={Path(str(model['weights'])).name}")
-    if any(augment.get(f.name) for f in dataclasses.fields(AugmentConfig)):
-        parts.append("aug")
     features = cfg.get("features") or {}
+    if not features:
+        parts.extend(_model_settings(model))
+    kinds = [f.name for f in dataclasses.fields(AugmentConfig) if augment.get(f.name)]
+    if kinds:
+        parts.append(f"aug={'+'.join(kinds)}")
     if features:
         parts.append(f"{features.get('extractor')} features")
         if model.get("params"):
-            parts.append(", ".join(f"{k}={v}" for k, v in model["params"].items()))
+            parts.append(", ".join(f"{k}={_value(v)}" for k, v in model["params"].items()))
     elif train.get("optimizer"):
         parts.append(f"{train['optimizer']} lr={train.get('learning_rate')}")
         if train.get("schedule") == "one_cycle":
