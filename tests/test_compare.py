@@ -576,7 +576,8 @@ def test_the_settings_column_gives_the_model_parameters_that_differ_from_the_def
     from fer_bench.reporting.compare import _settings
     from fer_bench.runs.artifacts import Run
 
-    params = {"filters": [32, 64, 128, 256], "convs_per_block": [1, 2, 2, 2], "batch_norm": True, "dropout": 0.2}
+    params = {"filters": [32, 64, 128, 256], "convs_per_block": [1, 2, 2, 2], "batch_norm": True, "dropout": 0.2,
+              "l2": 0}  # the default 0.0, written as an int
     config = {"data": {"input_size": 48}, "augment": {}, "model": {"name": "custom_cnn", "params": params},
               "train": {"optimizer": "adam", "learning_rate": 0.001}}
     lean = Run("lean", Path("lean"), {}, config, None, None, {})

@@ -116,10 +116,13 @@ def _value(value: Any) -> str:
 def _model_settings(model: dict) -> list[str]:
     """A deep model's parameters where they differ from its builder's defaults (every one given, for a model
     that is no longer registered): what tells two runs of one architecture apart."""
+    def plain(value: Any) -> Any:  # a default tuple is a YAML list; 0 and 0.0 are one rate
+        return list(value) if isinstance(value, tuple) else value
+
     params = model.get("params") or {}
     defaults = model_params(model["name"]) if model.get("name") in MODELS else {}
     return [f"{key}={_value(value)}" for key, value in params.items()
-            if key not in defaults or _value(value) != _value(defaults[key])]
+            if key not in defaults or plain(value) != plain(defaults[key])]
 
 
 def _settings(run: Run) -> str:
