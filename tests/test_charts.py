@@ -30,13 +30,6 @@ def test_comparison_shows_full_names_and_marks_runs_on_other_data():
     assert any("not comparable" in text.get_text() for text in ax.texts)
 
 
-def test_a_group_bar_gives_its_seed_count_once():
-    frame = table([("sweep/tuned", 0.66, 0.6, "same"), ("cpu-tuned (2 seeds)", 0.65, 0.6, "same")])
-    scores = {"accuracy": np.array([0.65, 0.66]), "macro_f1": np.array([0.6, 0.6])}
-    ax = charts.comparison_figure(frame, "test", {"sweep/tuned": scores, "cpu-tuned (2 seeds)": scores}).axes[0]
-    assert tick_labels(ax) == ["sweep/tuned\n(2 seeds)", "cpu-tuned (2 seeds)"]  # a hand-made group is named with it
-
-
 def test_per_class_f1_and_confusion_grid_mark_runs_on_other_data():
     per_class = [{"happy": {"f1": 0.8}}, {"happy": {"f1": 0.9}}]
     ax = charts.per_class_f1_figure([LONG, "tiny"], per_class, "test", [False, True]).axes[0]

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import shutil
@@ -390,8 +391,8 @@ def pair(table, a, b):
 
 def test_runs_that_differ_only_in_seed_form_one_group_with_its_spread():
     groups = groups_of({"lr=0.001": [0.60, 0.62, 0.64], "lr=0.01": [0.5]})
-    assert [(g.name, g.seeds) for g in groups] == [("sweep/lr=0.001", [0, 1, 2]), ("sweep/lr=0.01/seed=0", [0])]
-    row = comparison_table(groups, "test").set_index("name").loc["sweep/lr=0.001"]
+    assert [(g.name, g.seeds) for g in groups] == [("sweep/lr=0.001 (3 seeds)", [0, 1, 2]), ("sweep/lr=0.01/seed=0", [0])]
+    row = comparison_table(groups, "test").set_index("name").loc["sweep/lr=0.001 (3 seeds)"]
     assert row["seeds"] == 3 and row["interval"] == "seeds"
     assert row["accuracy"] == pytest.approx(0.62) and row["accuracy_sd"] == pytest.approx(0.02)
     assert (row["accuracy_min"], row["accuracy_max"]) == pytest.approx((0.60, 0.64))
@@ -400,17 +401,27 @@ def test_runs_that_differ_only_in_seed_form_one_group_with_its_spread():
     assert row["training_seconds"] == pytest.approx(11.0)
 
 
+def test_every_group_of_seeds_is_named_with_its_count_and_a_single_run_by_its_own_name():
+    by_hand = [dataclasses.replace(seeded_run("x", seed, 0.6), name=name, metrics={**seeded_run("x", seed, 0.6).metrics,
+                                                                                  "sweep": None})
+               for seed, name in ((42, "cpu-tuned"), (7, "cpu-tuned_seed7"), (3, "cpu-tuned_seed3"))]
+    swept = [seeded_run("lr=0.01", seed, 0.5) for seed in (0, 1)] + [seeded_run("lr=0.1", 0, 0.4)]
+    assert [g.name for g in group_runs(by_hand + swept)] == ["cpu-tuned (3 seeds)", "sweep/lr=0.01 (2 seeds)",
+                                                             "sweep/lr=0.1/seed=0"]
+
+
 def test_overlapping_seeds_give_no_significant_difference_and_separated_ones_a_verdict_with_the_right_sign():
     groups = groups_of({"a": [0.60, 0.64, 0.62, 0.66, 0.61], "b": [0.62, 0.63, 0.60, 0.65, 0.64],
                         "c": [0.50, 0.51, 0.49, 0.52, 0.50]})
     table = significance_table(groups, "test")
-    a_b, a_c = pair(table, "sweep/a", "sweep/b"), pair(table, "sweep/a", "sweep/c")
+    a, b, c = (f"sweep/{x} (5 seeds)" for x in "abc")
+    a_b, a_c = pair(table, a, b), pair(table, a, c)
     assert a_b["test"] == a_c["test"] == "paired t over seeds"  # all three ran seeds 0..4
     assert a_b["p_adjusted"] > 0.05 and "no significant difference" in a_b["summary"]
-    assert a_c["p_adjusted"] < 0.05 and a_c["summary"].startswith("sweep/a beats sweep/c (paired t over seeds")
+    assert a_c["p_adjusted"] < 0.05 and a_c["summary"].startswith(f"{a} beats {c} (paired t over seeds")
     # c below a on every seed: P(a > c) over the shared seeds is 1, whichever side c is on
-    assert (a_c["p_a_better"] if a_c["run_a"] == "sweep/a" else 1 - a_c["p_a_better"]) == 1.0
-    assert "P(sweep/a > sweep/c)=1.00" in a_c["summary"]
+    assert (a_c["p_a_better"] if a_c["run_a"] == a else 1 - a_c["p_a_better"]) == 1.0
+    assert f"P({a} > {c})=1.00" in a_c["summary"]
 
 
 def test_other_seeds_get_welch_and_a_hand_computed_p_value():
@@ -452,10 +463,11 @@ def test_a_seed_sweep_compares_as_groups_with_its_charts(tmp_path):
         run.history.to_csv(folder / "history.csv", index=False)
         (folder / "status.json").write_text('{"state": "finished"}')
     comparison = build_comparison(tmp_path / "runs")
-    assert list(comparison.table["name"]) == ["sweep/a", "sweep/b"] and list(comparison.table["seeds"]) == [3, 3]
-    assert len(comparison.seeds) == 6 and set(comparison.seeds["group"]) == {"sweep/a", "sweep/b"}
+    names = ["sweep/a (3 seeds)", "sweep/b (3 seeds)"]
+    assert list(comparison.table["name"]) == names and list(comparison.table["seeds"]) == [3, 3]
+    assert len(comparison.seeds) == 6 and set(comparison.seeds["group"]) == set(names)
     assert comparison.significance_text[0].startswith("a paired t-test over seeds for groups that ran the same seeds")
-    assert "| 1 | sweep/a | custom_cnn |" in comparison.markdown and "| 3 | 0.6200 (" in comparison.markdown
+    assert "| 1 | sweep/a (3 seeds) | custom_cnn |" in comparison.markdown and "| 3 | 0.6200 (" in comparison.markdown
     folder = write_comparison(comparison, tmp_path / "out")
     assert (folder / "seeds.csv").is_file() and (folder / "training_curves.png").is_file()
 

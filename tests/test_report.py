@@ -70,7 +70,7 @@ def test_report_is_self_contained_and_holds_every_row_section_and_chart():
         assert not (tag == "link" and "stylesheet" in (attrs.get("rel") or "")), attrs
     assert "@import" not in page_text and "url(" not in page_text
     assert [r["data-name"] for r in page.rows] == list(comparison.table["name"]) == \
-        ["cpu-tuned_cnn", "cpu-hog_svm", "seeds/hog_rf", "seeds/short_cnn"]
+        ["cpu-tuned_cnn", "cpu-hog_svm", "seeds/hog_rf (5 seeds)", "seeds/short_cnn (5 seeds)"]
     anchors = {attrs["id"] for tag, attrs in page.tags if tag == "article"}
     assert len(anchors) == 4
     images = [attrs for tag, attrs in page.tags if tag == "img"]

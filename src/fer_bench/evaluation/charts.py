@@ -123,14 +123,6 @@ def _of_total(shown: int, total: int | None) -> str:
     return f" (the first {shown} of {total} rows; every row is in comparison.csv)" if total and total > shown else ""
 
 
-def _seed_count(name: str, seed_scores: dict[str, dict[str, np.ndarray]]) -> str:
-    """A group's bar says how many seeds it holds, once: a group made by hand is already named "... (3 seeds)"."""
-    if name not in seed_scores:
-        return ""
-    count = f"({len(next(iter(seed_scores[name].values())))} seeds)"
-    return "" if name.endswith(count) else f"\n{count}"
-
-
 def comparison_figure(table, split: str, seed_scores: dict[str, dict[str, np.ndarray]] | None = None,
                       total: int | None = None) -> plt.Figure:
     """Accuracy and macro-F1 per row, horizontal bars with 95% intervals, best at the top.
@@ -142,7 +134,7 @@ def comparison_figure(table, split: str, seed_scores: dict[str, dict[str, np.nda
     """
     seed_scores = seed_scores or {}
     other = (table["data"] == "DIFFERENT").to_numpy() if "data" in table else np.zeros(len(table), bool)
-    names = [_label(n, o) + _seed_count(n, seed_scores) for n, o in zip(table["name"], other)]
+    names = [_label(n, o) for n, o in zip(table["name"], other)]
     lines = [n.count("\n") + 1 for n in names]
     positions = np.cumsum([0.0] + [0.35 + 0.2 * max(a, b) for a, b in zip(lines, lines[1:])])
     fig, ax = plt.subplots(figsize=(10, max(1.4 + positions[-1] * 1.05 if len(names) else 0, 3)), constrained_layout=True)

@@ -63,15 +63,17 @@ class Group:
 
 
 def _name(runs: list[Run]) -> str:
-    """A sweep group's folder (the trials' common parent), else the runs' longest common name prefix."""
+    """A sweep group's folder (the trials' common parent), else the runs' longest common name prefix; a group
+    of several seeds ends in its count, so that every view names it the same way and none takes it for a run."""
     if len(runs) == 1:
         return runs[0].name
     parents = {os.path.dirname(r.name) for r in runs}
     if len(parents) == 1 and all(r.metrics.get("sweep") for r in runs) and parents != {""}:
-        return parents.pop()
-    # "run-3/seed=0" and "run-3/seed=1" share "run-3/seed=": the group is "run-3"
-    prefix = re.sub(r"[-_/=. ]*seeds?[-_=]*$", "", os.path.commonprefix([r.name for r in runs])).rstrip("-_/=. ")
-    return f"{prefix or runs[0].name} ({len(runs)} seeds)"
+        stem = parents.pop()
+    else:
+        # "run-3/seed=0" and "run-3/seed=1" share "run-3/seed=": the group is "run-3"
+        stem = re.sub(r"[-_/=. ]*seeds?[-_=]*$", "", os.path.commonprefix([r.name for r in runs])).rstrip("-_/=. ")
+    return f"{stem or runs[0].name} ({len(runs)} seeds)"
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
