@@ -526,6 +526,28 @@ def test_compare_console_shows_the_top_rows_and_says_where_the_rest_are(tmp_path
     assert "the first 30 of 35 rows" in comparison.figures["comparison.png"].axes[0].get_title()
 
 
+def test_charts_draw_runs_on_other_test_images_after_the_first_30_ranked_rows(tmp_path):
+    """A first small run beside many reference runs is scored on other images and listed last: still drawn."""
+    from fer_bench.reporting.compare import build_comparison
+
+    runs = [seeded_run(f"c{i:02d}", 0, 0.9 - i / 100) for i in range(35)] + [seeded_run("small", 0, 0.4, images=50)]
+    for run in runs:
+        folder = tmp_path / run.name
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps(run.metrics))
+        (folder / "config.yaml").write_text(json.dumps(run.config))
+        run.predictions.to_csv(folder / "predictions.csv", index=False)
+        (folder / "status.json").write_text('{"state": "finished"}')
+    comparison = build_comparison([tmp_path / "sweep"])
+    assert list(comparison.table["data"]).count("DIFFERENT") == 1 and comparison.table["name"].iloc[-1] == "small/seed=0"
+    ax = comparison.figures["comparison.png"].axes[0]
+    labels = [label.get_text() for label in ax.get_yticklabels()]
+    assert len(labels) == 31 and labels[29] == "c29/seed=0" and labels[30].startswith("small/seed=0\n")
+    assert "the first 30 ranked rows and 1 on other test images, of 36 rows" in ax.get_title()
+    heatmap = comparison.figures["per_class_f1.png"].axes[0]
+    assert heatmap.get_yticklabels()[-1].get_text().startswith("small/seed=0")
+
+
 def test_several_results_folders_name_runs_by_their_root(trained_runs, tmp_path):
     from fer_bench.reporting.compare import find_runs
 

@@ -119,8 +119,14 @@ def _label(name: str, other_data: bool) -> str:
     return _wrap(name) + (f"\n{OTHER_DATA}" if other_data else "")
 
 
-def _of_total(shown: int, total: int | None) -> str:
-    return f" (the first {shown} of {total} rows; every row is in comparison.csv)" if total and total > shown else ""
+def _of_total(other_data: Sequence[bool], total: int | None) -> str:
+    """What part of the table a chart draws: its first ranked rows, then those scored on other test images."""
+    shown, elsewhere = len(other_data), int(sum(other_data))
+    if not total or total <= shown:
+        return ""
+    part = (f"the first {shown} of {total} rows" if not elsewhere else
+            f"the first {shown - elsewhere} ranked rows and {elsewhere} on other test images, of {total} rows")
+    return f"{part}; every row is in comparison.csv"
 
 
 def comparison_figure(table, split: str, seed_scores: dict[str, dict[str, np.ndarray]] | None = None,
@@ -173,7 +179,8 @@ def comparison_figure(table, split: str, seed_scores: dict[str, dict[str, np.nda
                       f"over {split} images for a single run")
     else:
         ax.set_xlabel(f"{split} score (error bars: 95% bootstrap interval over {split} images)")
-    ax.set_title(f"Runs compared on the {split} split" + _of_total(len(table), total), fontsize=10 if total else None)
+    extent = _of_total(other, total)
+    ax.set_title(f"Runs compared on the {split} split" + (f"\n({extent})" if extent else ""), fontsize=10 if total else None)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="lower right")
     return fig
@@ -203,7 +210,7 @@ def per_class_f1_figure(names: Sequence[str], per_class: Sequence[dict], split: 
     ax.set_yticks(range(len(names)), labels, fontsize=8)
     fig.colorbar(image, ax=ax, label="F1", fraction=0.05)
     ax.set_title(f"Per-class F1 on the {split} split" + (" (groups: mean ± SD over seeds)" if not np.isnan(spread).all() else "")
-                 + ("\n" + _of_total(len(names), total).strip(" ()") if total and total > len(names) else ""))
+                 + ("\n" + _of_total(other_data, total) if total and total > len(names) else ""))
     return fig
 
 

@@ -529,20 +529,24 @@ def build_comparison(roots: Path | Sequence[Path], split: str = "test", metric: 
                       markdown_table(table, metric), notes, significance_text(significance, list(table["name"])), figures)
 
 
-CHART_ROWS = 30  # rows drawn in a chart: beyond, bars and heatmap rows are too thin to read; the table has them all
+CHART_ROWS = 30  # ranked rows drawn in a chart: beyond, bars and heatmap rows are too thin to read; the table has them all
+OTHER_DATA_ROWS = 10  # rows on other test images drawn after them: a first small run beside many reference runs
 CURVE_ROWS = 8  # lines in the curves chart, for the same reason
 
 
 def comparison_figures(table: pd.DataFrame, groups: list[Group], split: str) -> dict[str, Any]:
-    """compare's charts, of the first CHART_ROWS rows of the table (its best, and groups as one row each)."""
+    """compare's charts, of the first CHART_ROWS ranked rows of the table (its best, and groups as one row each)
+    and the first OTHER_DATA_ROWS rows scored on other test images, which the table lists last."""
     from fer_bench.evaluation import charts
 
-    shown = groups[:CHART_ROWS]
+    different = (table["data"] == DATA_LABELS["different"]).to_numpy()
+    drawn = list(np.flatnonzero(~different)[:CHART_ROWS]) + list(np.flatnonzero(different)[:OTHER_DATA_ROWS])
+    shown = [groups[i] for i in drawn]
     total = len(groups) if len(groups) > len(shown) else None
-    other = [data == DATA_LABELS["different"] for data in table["data"][:len(shown)]]
+    other = [bool(different[i]) for i in drawn]
     names = [g.name for g in shown]
     figures = {
-        "comparison.png": charts.comparison_figure(table.iloc[:len(shown)], split, seed_scores={
+        "comparison.png": charts.comparison_figure(table.iloc[drawn], split, seed_scores={
             g.name: {m: g.scores(split, m) for m in ("accuracy", "macro_f1")} for g in shown if not g.single}, total=total),
         "per_class_f1.png": charts.per_class_f1_figure(names, [_per_class_f1(g, split) for g in shown], split, other,
                                                        total=total),
