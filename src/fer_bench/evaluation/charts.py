@@ -209,8 +209,9 @@ def per_class_f1_figure(names: Sequence[str], per_class: Sequence[dict], split: 
     ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
     ax.set_yticks(range(len(names)), labels, fontsize=8)
     fig.colorbar(image, ax=ax, label="F1", fraction=0.05)
+    extent = _of_total(other_data, total)
     ax.set_title(f"Per-class F1 on the {split} split" + (" (groups: mean ± SD over seeds)" if not np.isnan(spread).all() else "")
-                 + ("\n" + _of_total(other_data, total) if total and total > len(names) else ""))
+                 + (f"\n{extent}" if extent else ""))
     return fig
 
 
