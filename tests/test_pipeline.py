@@ -111,6 +111,35 @@ def test_random_erasing_replaces_one_rectangle_of_the_chosen_images():
     assert np.array_equal(never, images)
 
 
+def test_mixup_blends_each_face_its_target_and_its_weight_with_its_mirror_in_the_batch():
+    import tensorflow as tf
+
+    from fer_bench.data.pipeline import mixup
+
+    faces = np.arange(8, dtype=np.float32) * 30
+    images = faces[:, None, None, None] * np.ones((8, 4, 4, 1), np.float32)
+    weights = np.arange(1, 9, dtype=np.float32)
+    seed = tf.constant([3, 4], tf.int64)
+    x, y, w = (t.numpy() for t in mixup(tf.constant(images), tf.constant(np.eye(8, dtype=np.float32)),
+                                        tf.constant(weights), seed, 0.4))
+    share = y[np.arange(8), np.arange(8)]  # each face's own part of its target
+    assert np.allclose(y.sum(axis=1), 1) and np.allclose(y[np.arange(8), np.arange(8)[::-1]], 1 - share)
+    assert np.allclose(x, (share * faces + (1 - share) * faces[::-1])[:, None, None, None] * np.ones((1, 4, 4, 1)))
+    assert np.allclose(w, share * weights + (1 - share) * weights[::-1])
+    assert 0 < share.min() and share.max() < 1 and share.std() > 0.1  # drawn per face, not once per batch
+    again = mixup(tf.constant(images), tf.constant(np.eye(8, dtype=np.float32)), None, seed, 0.4)
+    assert np.array_equal(again[0].numpy(), x) and again[2] is None
+
+
+def test_mixup_in_the_training_batches_gives_soft_targets_and_none_without_it():
+    images = np.zeros((16, 48, 48), np.uint8)
+    labels = np.arange(16) % 7
+    (_, mixed), = training_dataset(images, labels, 7, 16, AugmentConfig(mixup=0.2), seed=1, num_epochs=1)[0].as_numpy_iterator()
+    (_, plain), = training_dataset(images, labels, 7, 16, AugmentConfig(), seed=1, num_epochs=1)[0].as_numpy_iterator()
+    assert np.allclose(mixed.sum(axis=1), 1) and (mixed.max(axis=1) < 1).any()
+    assert set(np.unique(plain)) == {0.0, 1.0}
+
+
 def test_erasing_alone_leaves_the_rest_of_each_image_untouched():
     images = (np.arange(8, dtype=np.uint8)[:, None, None] * 20 + 10).repeat(48, 1).repeat(48, 2)
     ds, _ = training_dataset(images, np.arange(8) % 7, 7, 8, AugmentConfig(erasing=1.0), seed=1, num_epochs=1)

@@ -175,6 +175,9 @@ class AugmentConfig:
     shift: float = _field(0.0, Interval(0.0, 0.5), "max shift, as a fraction of the side")
     erasing: float = _field(0.0, Interval(0.0, 1.0),
                             "probability of replacing a random rectangle (2-25% of the face) with noise")
+    mixup: float = _field(0.0, Interval(0.0, 10.0),
+                          "mixup's alpha: each face and its label blended with another's, by a weight drawn from "
+                          "Beta(alpha, alpha); 0 = off")
 
     @property
     def affine(self) -> bool:
@@ -182,7 +185,7 @@ class AugmentConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.affine or self.erasing > 0
+        return self.affine or self.erasing > 0 or self.mixup > 0
 
 
 TTA_MODES = ("none", "flip", "ten_crop")

@@ -5,7 +5,7 @@ The dataset stays uint8 at 48x48 in memory; the pipeline orders (shuffles or cla
 Training batches are all full (the remainder of an epoch's order is left out of that epoch).
 Resizing and grey-to-RGB happen inside the model, so no upscaled float copy of the data ever exists.
 Augmentation is one fused affine transform per batch (flip, rotation, zoom and shift in a single
-resampling), then optional random erasing. All randomness is stateless, seeded by (seed, epoch,
+resampling), then optional random erasing and mixup. All randomness is stateless, seeded by (seed, epoch,
 batch): reproducible without forcing tf.data to run one element at a time, and identical when a
 run resumes mid-way.
 """
@@ -89,6 +89,28 @@ def random_erasing(images: Any, seed: Any, probability: float) -> Any:
     return tf.where(erase[..., None], noise, images)
 
 
+def mixup(images: Any, targets: Any, weights: Any | None, seed: Any, alpha: float) -> tuple[Any, Any, Any | None]:
+    """Blend each image of a batch, its one-hot target and its loss weight with those of the image in the
+    mirrored place (the batch is in shuffled order, so that is a random partner), by a weight drawn per image
+    from Beta(alpha, alpha).
+
+    Mixup (Zhang et al., 2018) trains on the lines between faces, which smooths the classifier between
+    classes; a small alpha keeps most blends close to one face.
+    """
+    tf = _tf()
+    batch = tf.shape(images)[0]
+    # Beta(a, a) as g1 / (g1 + g2) for two Gamma(a) draws: TensorFlow has no stateless Beta.
+    first = tf.random.stateless_gamma([batch], seed=seed, alpha=alpha)
+    second = tf.random.stateless_gamma([batch], seed=tf.random.experimental.stateless_fold_in(seed, 1), alpha=alpha)
+    share = first / tf.maximum(first + second, 1e-12)
+
+    def blend(values):
+        weight = tf.reshape(share, [-1] + [1] * (len(values.shape) - 1))
+        return weight * values + (1.0 - weight) * tf.reverse(values, axis=[0])
+
+    return blend(images), blend(targets), None if weights is None else blend(weights)
+
+
 def epoch_class_counts(labels: np.ndarray, num_classes: int, sampling: str) -> np.ndarray:
     """How many images of each class one training epoch draws under the sampling strategy."""
     counts = np.bincount(labels, minlength=num_classes)
@@ -156,7 +178,10 @@ def _epoch_batches(images: np.ndarray, labels: np.ndarray, num_classes: int, bat
         if augment.erasing > 0:
             x = random_erasing(x, tf.random.experimental.stateless_fold_in(batch_seed, 1), augment.erasing)
         y = tf.one_hot(tf.gather(all_labels, index), num_classes)
-        return (x, y) if weights is None else (x, y, tf.gather(weights, index))
+        w = None if weights is None else tf.gather(weights, index)
+        if augment.mixup > 0:
+            x, y, w = mixup(x, y, w, tf.random.experimental.stateless_fold_in(batch_seed, 2), augment.mixup)
+        return (x, y) if w is None else (x, y, w)
 
     def epoch_batches(epoch):
         order = _epoch_order(labels, num_classes, sampling, seed, epoch)
