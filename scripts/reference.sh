@@ -56,6 +56,8 @@ run configs/cpu/tuned_cnn_36px_one_cycle_flip_shift_seed7_continued_sqrt_weights
 run configs/cpu/tuned_cnn_36px_one_cycle_flip_shift_sgd.yaml --name cpu-tuned_cnn_36px_one_cycle_flip_shift_sgd
 # The flip-shift hour with a higher one-cycle peak.
 run configs/cpu/tuned_cnn_36px_one_cycle_flip_shift_peak4e-3.yaml --name cpu-tuned_cnn_36px_one_cycle_flip_shift_peak4e-3
+# ... and with mixup.
+run configs/cpu/tuned_cnn_36px_one_cycle_flip_shift_mixup.yaml --name cpu-tuned_cnn_36px_one_cycle_flip_shift_mixup
 # The float32 and bfloat16 two-stage CNNs averaged (not shipped: README "The shipped model").
 fer-bench ensemble "$out/cpu-tuned_cnn_continued_sqrt_weights" "$out/cpu-tuned_cnn-bf16_continued_sqrt_weights" \
   --name ensemble-tuned-cnn-float32-bfloat16 --results-dir "$out" --tta flip --data-dir "$data"

@@ -42,7 +42,7 @@ NOT_TRAINED = ("cpu/custom_cnn.yaml", "cpu/hog_rf.yaml", "cpu/hog_svm.yaml", "cp
                "cpu/tuned_cnn_36px_light_dropout.yaml", "cpu/tuned_cnn_36px_light_dropout_continued_sqrt_weights.yaml",
                "cpu/tuned_cnn_36px_one_cycle_flip_shift.yaml",
                "cpu/tuned_cnn_36px_one_cycle_flip_shift_continued_sqrt_weights.yaml",
-               "cpu/tuned_cnn_36px_one_cycle_flip_shift_peak4e-3.yaml",
+               "cpu/tuned_cnn_36px_one_cycle_flip_shift_mixup.yaml", "cpu/tuned_cnn_36px_one_cycle_flip_shift_peak4e-3.yaml",
                "cpu/tuned_cnn_36px_one_cycle_flip_shift_seed7.yaml",
                "cpu/tuned_cnn_36px_one_cycle_flip_shift_seed7_continued_sqrt_weights.yaml",
                "cpu/tuned_cnn_36px_one_cycle_flip_shift_sgd.yaml", "cpu/tuned_cnn_36px_one_cycle_lean_first_block.yaml",
