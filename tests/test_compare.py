@@ -505,17 +505,22 @@ def test_over_thirty_rows_each_row_is_tested_against_the_next_and_the_best_only(
     assert "not every pair: each row against the next and against the best" in text[0]
 
 
-def test_compare_console_shows_the_top_rows_and_says_where_the_rest_are(tmp_path):
-    from fer_bench.reporting.compare import build_comparison
-
-    runs = [seeded_run(f"c{i:02d}", 0, 0.9 - i / 100) for i in range(35)]
+def write_finished(runs: list[Run], root: Path) -> None:
+    """Finished run folders without history, for compare to read back."""
     for run in runs:
-        folder = tmp_path / run.name
+        folder = root / run.name
         folder.mkdir(parents=True)
         (folder / "metrics.json").write_text(json.dumps(run.metrics))
         (folder / "config.yaml").write_text(json.dumps(run.config))
         run.predictions.to_csv(folder / "predictions.csv", index=False)
         (folder / "status.json").write_text('{"state": "finished"}')
+
+
+def test_compare_console_shows_the_top_rows_and_says_where_the_rest_are(tmp_path):
+    from fer_bench.reporting.compare import build_comparison
+
+    runs = [seeded_run(f"c{i:02d}", 0, 0.9 - i / 100) for i in range(35)]
+    write_finished(runs, tmp_path)
     comparison = build_comparison([tmp_path / "sweep"])
     lines = comparison.console(rows=30)
     table = lines[0].splitlines()
@@ -531,13 +536,7 @@ def test_charts_draw_runs_on_other_test_images_after_the_first_30_ranked_rows(tm
     from fer_bench.reporting.compare import build_comparison
 
     runs = [seeded_run(f"c{i:02d}", 0, 0.9 - i / 100) for i in range(35)] + [seeded_run("small", 0, 0.4, images=50)]
-    for run in runs:
-        folder = tmp_path / run.name
-        folder.mkdir(parents=True)
-        (folder / "metrics.json").write_text(json.dumps(run.metrics))
-        (folder / "config.yaml").write_text(json.dumps(run.config))
-        run.predictions.to_csv(folder / "predictions.csv", index=False)
-        (folder / "status.json").write_text('{"state": "finished"}')
+    write_finished(runs, tmp_path)
     comparison = build_comparison([tmp_path / "sweep"])
     assert list(comparison.table["data"]).count("DIFFERENT") == 1 and comparison.table["name"].iloc[-1] == "small/seed=0"
     ax = comparison.figures["comparison.png"].axes[0]
