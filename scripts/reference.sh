@@ -49,10 +49,11 @@ run configs/cpu/tuned_cnn_36px_one_cycle_flip_shift.yaml --name cpu-tuned_cnn_36
 run configs/cpu/tuned_cnn_36px_one_cycle_flip_shift_continued_sqrt_weights.yaml \
   --name cpu-tuned_cnn_36px_one_cycle_flip_shift_continued_sqrt_weights
 run configs/cpu/tuned_cnn_36px_one_cycle_lean_first_block.yaml --name cpu-tuned_cnn_36px_one_cycle_lean_first_block
-# The flip-shift hour with another seed (and its weighted second stage), and with SGD instead of Adam.
+# The flip-shift hour with other seeds (seed 7 with its weighted second stage), and with SGD instead of Adam.
 run configs/cpu/tuned_cnn_36px_one_cycle_flip_shift_seed7.yaml --name cpu-tuned_cnn_36px_one_cycle_flip_shift_seed7
 run configs/cpu/tuned_cnn_36px_one_cycle_flip_shift_seed7_continued_sqrt_weights.yaml \
   --name cpu-tuned_cnn_36px_one_cycle_flip_shift_seed7_continued_sqrt_weights
+run configs/cpu/tuned_cnn_36px_one_cycle_flip_shift_seed3.yaml --name cpu-tuned_cnn_36px_one_cycle_flip_shift_seed3
 run configs/cpu/tuned_cnn_36px_one_cycle_flip_shift_sgd.yaml --name cpu-tuned_cnn_36px_one_cycle_flip_shift_sgd
 # The flip-shift hour with a higher one-cycle peak.
 run configs/cpu/tuned_cnn_36px_one_cycle_flip_shift_peak4e-3.yaml --name cpu-tuned_cnn_36px_one_cycle_flip_shift_peak4e-3

@@ -43,7 +43,7 @@ NOT_TRAINED = ("cpu/custom_cnn.yaml", "cpu/hog_rf.yaml", "cpu/hog_svm.yaml", "cp
                "cpu/tuned_cnn_36px_one_cycle_flip_shift.yaml",
                "cpu/tuned_cnn_36px_one_cycle_flip_shift_continued_sqrt_weights.yaml",
                "cpu/tuned_cnn_36px_one_cycle_flip_shift_mixup.yaml", "cpu/tuned_cnn_36px_one_cycle_flip_shift_peak4e-3.yaml",
-               "cpu/tuned_cnn_36px_one_cycle_flip_shift_seed7.yaml",
+               "cpu/tuned_cnn_36px_one_cycle_flip_shift_seed3.yaml", "cpu/tuned_cnn_36px_one_cycle_flip_shift_seed7.yaml",
                "cpu/tuned_cnn_36px_one_cycle_flip_shift_seed7_continued_sqrt_weights.yaml",
                "cpu/tuned_cnn_36px_one_cycle_flip_shift_sgd.yaml", "cpu/tuned_cnn_36px_one_cycle_lean_first_block.yaml",
                "cpu/tuned_cnn_continued.yaml", "cpu/tuned_cnn_continued_sqrt_weights.yaml",

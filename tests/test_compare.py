@@ -410,6 +410,15 @@ def test_every_group_of_seeds_is_named_with_its_count_and_a_single_run_by_its_ow
                                                              "sweep/lr=0.1/seed=0"]
 
 
+def test_a_run_made_before_a_new_config_key_groups_with_one_made_after_it():
+    before, after = seeded_run("x", 0, 0.6), seeded_run("x", 1, 0.6)
+    after.config = {**after.config, "augment": {"flip": True, "mixup": 0.0}}
+    before.config = {**before.config, "augment": {"flip": True}}
+    assert [g.name for g in group_runs([before, after])] == ["sweep/x (2 seeds)"]
+    after.config["augment"]["mixup"] = 0.2
+    assert len(group_runs([before, after])) == 2
+
+
 def test_overlapping_seeds_give_no_significant_difference_and_separated_ones_a_verdict_with_the_right_sign():
     groups = groups_of({"a": [0.60, 0.64, 0.62, 0.66, 0.61], "b": [0.62, 0.63, 0.60, 0.65, 0.64],
                         "c": [0.50, 0.51, 0.49, 0.52, 0.50]})

@@ -15,14 +15,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fer_bench.config import describe_schema
 from fer_bench.runs.artifacts import Run
 
 SEED_OVERRIDE = "train.seed="
 
 
+def _with_defaults(config: dict) -> dict:
+    """Keys the schema gained after a run was made read as their defaults, so that a run made before a new key
+    (augment.mixup, say) and one made after it still count as the same configuration."""
+    for key, _, default, _ in describe_schema():
+        *path, leaf = key.split(".")
+        section = config
+        for part in path:
+            section = section.get(part) if isinstance(section, dict) else None
+        if isinstance(section, dict) and leaf not in section:
+            section[leaf] = json.loads(json.dumps(default, default=str))
+    return config
+
+
 def configuration(run: Run) -> dict:
     """The run's config without what a seed changes or what only names it."""
-    config = json.loads(json.dumps(run.config, default=str))
+    config = _with_defaults(json.loads(json.dumps(run.config, default=str)))
     for key in ("name", "description"):
         config.pop(key, None)
     (config.get("train") or {}).pop("seed", None)
