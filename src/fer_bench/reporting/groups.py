@@ -7,11 +7,14 @@ of one: `compare` shows it as a single run, as before.
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import json
 import os
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -21,16 +24,22 @@ from fer_bench.runs.artifacts import Run
 SEED_OVERRIDE = "train.seed="
 
 
+@functools.cache
+def _schema_defaults() -> tuple[tuple[list[str], str, Any], ...]:
+    """(section path, key, default as JSON reads it back) for every schema key: walked once, not once a run."""
+    return tuple((key.split(".")[:-1], key.split(".")[-1], json.loads(json.dumps(default, default=str)))
+                 for key, _, default, _ in describe_schema())
+
+
 def _with_defaults(config: dict) -> dict:
     """Keys the schema gained after a run was made read as their defaults, so that a run made before a new key
     (augment.mixup, say) and one made after it still count as the same configuration."""
-    for key, _, default, _ in describe_schema():
-        *path, leaf = key.split(".")
+    for path, leaf, default in _schema_defaults():
         section = config
         for part in path:
             section = section.get(part) if isinstance(section, dict) else None
         if isinstance(section, dict) and leaf not in section:
-            section[leaf] = json.loads(json.dumps(default, default=str))
+            section[leaf] = copy.deepcopy(default)
     return config
 
 
