@@ -543,7 +543,7 @@ def comparison_figures(table: pd.DataFrame, groups: list[Group], split: str) -> 
     drawn = list(np.flatnonzero(~different)[:CHART_ROWS]) + list(np.flatnonzero(different)[:OTHER_DATA_ROWS])
     shown = [groups[i] for i in drawn]
     total = len(groups) if len(groups) > len(shown) else None
-    other = [bool(different[i]) for i in drawn]
+    other = different[drawn].tolist()
     names = [g.name for g in shown]
     figures = {
         "comparison.png": charts.comparison_figure(table.iloc[drawn], split, seed_scores={
