@@ -531,17 +531,17 @@ def test_compare_console_shows_the_top_rows_and_says_where_the_rest_are(tmp_path
     runs = [seeded_run(f"c{i:02d}", 0, 0.9 - i / 100) for i in range(35)]
     write_finished(runs, tmp_path)
     comparison = build_comparison([tmp_path / "sweep"])
-    lines = comparison.console(rows=30)
+    lines = comparison.console()
     table = lines[0].splitlines()
     assert len(table) == 2 + 30 and table[2].startswith("| 1 | c00/seed=0 |")
-    assert lines[1] == "... and 5 more rows in comparison.md and comparison.csv"
+    assert lines[1] == "... and 5 more rows (ranks 31-35) in comparison.md and comparison.csv"
     assert len(comparison.table) == 35 and len(comparison.markdown.splitlines()) == 2 + 35
     # the charts draw the first 30 rows and say so
     assert "the first 30 of 35 rows" in comparison.figures["comparison.png"].axes[0].get_title()
 
 
-def test_charts_draw_runs_on_other_test_images_after_the_first_30_ranked_rows(tmp_path):
-    """A first small run beside many reference runs is scored on other images and listed last: still drawn."""
+def test_console_and_charts_show_runs_on_other_test_images_after_the_first_30_ranked_rows(tmp_path):
+    """A first small run beside many reference runs is scored on other images and listed last: still shown."""
     from fer_bench.reporting.compare import build_comparison
 
     runs = [seeded_run(f"c{i:02d}", 0, 0.9 - i / 100) for i in range(35)] + [seeded_run("small", 0, 0.4, images=50)]
@@ -554,6 +554,14 @@ def test_charts_draw_runs_on_other_test_images_after_the_first_30_ranked_rows(tm
     assert "the first 30 ranked rows and 1 on other test images, of 36 rows" in ax.get_title()
     heatmap = comparison.figures["per_class_f1.png"].axes[0]
     assert heatmap.get_yticklabels()[-1].get_text().startswith("small/seed=0")
+    lines = comparison.console()
+    table = lines[0].splitlines()
+    assert len(table) == 2 + 31 and table[-1].startswith("| - | small/seed=0 |") and table[-2].startswith("| 30 | c29/")
+    assert lines[1] == "... and 5 more rows (ranks 31-35) in comparison.md and comparison.csv"
+    write_finished([seeded_run(f"small{i:02d}", 0, 0.3, images=50) for i in range(10)], tmp_path)
+    lines = build_comparison([tmp_path / "sweep"]).console()
+    assert len(lines[0].splitlines()) == 2 + 30 + 10
+    assert lines[1] == "... and 6 more rows (ranks 31-35, 1 on other test images) in comparison.md and comparison.csv"
 
 
 def test_several_results_folders_name_runs_by_their_root(trained_runs, tmp_path):

@@ -477,19 +477,26 @@ class Comparison:
     significance_text: list[str]  # how the tests were made, then the verdicts for neighbouring rows
     figures: dict[str, Any] = field(default_factory=dict)  # file name -> matplotlib Figure
 
-    def console(self, rows: int = 30) -> list[str]:
-        """What `compare` prints: the table's first `rows` rows (the rest are in comparison.md), the notes, and the
+    def console(self) -> list[str]:
+        """What `compare` prints: the rows the charts draw (the rest are in comparison.md), the notes, and the
         verdicts between those rows."""
-        shown = self.table.head(rows)
+        shown = self.table.iloc[rows_shown(self.table)]
         lines = [markdown_table(shown, self.metric)]
-        if len(self.table) > rows:
-            lines.append(f"... and {len(self.table) - rows} more rows in comparison.md and comparison.csv")
+        if len(shown) < len(self.table):
+            ranked = int((self.table["data"] != DATA_LABELS["different"]).sum())
+            ranked_shown = int((shown["data"] != DATA_LABELS["different"]).sum())
+            which = [f"ranks {ranked_shown + 1}-{ranked}"] if ranked > ranked_shown else []
+            if len(self.table) - ranked > len(shown) - ranked_shown:
+                which.append(f"{len(self.table) - ranked - len(shown) + ranked_shown} on other test images")
+            lines.append(f"... and {len(self.table) - len(shown)} more rows ({', '.join(which)}) in comparison.md "
+                         "and comparison.csv")
+        lines += self.notes
         tests = self.significance_text
         if tests:
             names = set(shown["name"])
             verdicts = [v for v in tests[1:] if any(v.startswith(n + " ") for n in names)]
-            lines += [tests[0], *verdicts[:rows - 1]]
-        return [*lines[:1 + (len(self.table) > rows)], *self.notes, *lines[1 + (len(self.table) > rows):]]
+            lines += [tests[0], *verdicts[:len(shown) - 1]]
+        return lines
 
     def document(self) -> str:
         """comparison.md: the table, the notes and the significance verdicts."""
@@ -534,13 +541,20 @@ OTHER_DATA_ROWS = 10  # rows on other test images drawn after them: a first smal
 CURVE_ROWS = 8  # lines in the curves chart, for the same reason
 
 
+def rows_shown(table: pd.DataFrame) -> list[int]:
+    """The positions of the rows that the console and the charts show: the first CHART_ROWS ranked rows, then
+    the first OTHER_DATA_ROWS rows scored on other test images, which the table lists last."""
+    different = (table["data"] == DATA_LABELS["different"]).to_numpy()
+    return [int(i) for i in np.flatnonzero(~different)[:CHART_ROWS]] + \
+        [int(i) for i in np.flatnonzero(different)[:OTHER_DATA_ROWS]]
+
+
 def comparison_figures(table: pd.DataFrame, groups: list[Group], split: str) -> dict[str, Any]:
-    """compare's charts, of the first CHART_ROWS ranked rows of the table (its best, and groups as one row each)
-    and the first OTHER_DATA_ROWS rows scored on other test images, which the table lists last."""
+    """compare's charts, of the rows `rows_shown` picks (groups of seeds are one row each)."""
     from fer_bench.evaluation import charts
 
+    drawn = rows_shown(table)
     different = (table["data"] == DATA_LABELS["different"]).to_numpy()
-    drawn = list(np.flatnonzero(~different)[:CHART_ROWS]) + list(np.flatnonzero(different)[:OTHER_DATA_ROWS])
     shown = [groups[i] for i in drawn]
     total = len(groups) if len(groups) > len(shown) else None
     other = different[drawn].tolist()
