@@ -480,16 +480,15 @@ class Comparison:
     def console(self) -> list[str]:
         """What `compare` prints: the rows the charts draw (the rest are in comparison.md), the notes, and the
         verdicts between those rows."""
-        shown = self.table.iloc[rows_shown(self.table)]
+        drawn = rows_shown(self.table)
+        shown, hidden = self.table.iloc[drawn], self.table.drop(index=self.table.index[drawn])
         lines = [markdown_table(shown, self.metric)]
-        if len(shown) < len(self.table):
-            ranked = int((self.table["data"] != DATA_LABELS["different"]).sum())
-            ranked_shown = int((shown["data"] != DATA_LABELS["different"]).sum())
-            which = [f"ranks {ranked_shown + 1}-{ranked}"] if ranked > ranked_shown else []
-            if len(self.table) - ranked > len(shown) - ranked_shown:
-                which.append(f"{len(self.table) - ranked - len(shown) + ranked_shown} on other test images")
-            lines.append(f"... and {len(self.table) - len(shown)} more rows ({', '.join(which)}) in comparison.md "
-                         "and comparison.csv")
+        if len(hidden):
+            other = int((hidden["data"] == DATA_LABELS["different"]).sum())
+            ranked = len(hidden) - other  # the ranked rows shown are the first CHART_ROWS
+            which = [f"ranks {CHART_ROWS + 1}-{CHART_ROWS + ranked}"] * bool(ranked) + \
+                [f"{other} on other test images"] * bool(other)
+            lines.append(f"... and {len(hidden)} more rows ({', '.join(which)}) in comparison.md and comparison.csv")
         lines += self.notes
         tests = self.significance_text
         if tests:
