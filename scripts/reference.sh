@@ -59,6 +59,10 @@ run configs/cpu/tuned_cnn_36px_one_cycle_flip_shift_sgd.yaml --name cpu-tuned_cn
 run configs/cpu/tuned_cnn_36px_one_cycle_flip_shift_peak4e-3.yaml --name cpu-tuned_cnn_36px_one_cycle_flip_shift_peak4e-3
 # ... and with mixup.
 run configs/cpu/tuned_cnn_36px_one_cycle_flip_shift_mixup.yaml --name cpu-tuned_cnn_36px_one_cycle_flip_shift_mixup
+# The flip-shift hour stretched to 30 epochs (not an hour), and its weighted second stage.
+run configs/cpu/tuned_cnn_36px_one_cycle_flip_shift_30_epochs.yaml --name cpu-tuned_cnn_36px_one_cycle_flip_shift_30_epochs
+run configs/cpu/tuned_cnn_36px_one_cycle_flip_shift_30_epochs_continued_sqrt_weights.yaml \
+  --name cpu-tuned_cnn_36px_one_cycle_flip_shift_30_epochs_continued_sqrt_weights
 # The float32 and bfloat16 two-stage CNNs averaged (not shipped: README "The shipped model").
 fer-bench ensemble "$out/cpu-tuned_cnn_continued_sqrt_weights" "$out/cpu-tuned_cnn-bf16_continued_sqrt_weights" \
   --name ensemble-tuned-cnn-float32-bfloat16 --results-dir "$out" --tta flip --data-dir "$data"
