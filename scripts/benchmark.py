@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -370,7 +371,8 @@ def accelerator_markdown(report: dict) -> str:
 
 
 def slug(text: str) -> str:
-    return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
+    text = re.sub(r"\((r|tm)\)", " ", text.lower())  # "Intel(R) Xeon(R)" -> intel-xeon
+    return "-".join("".join(c if c.isalnum() else " " for c in text).split())
 
 
 # --- command line speed ----------------------------------------------------------------------
