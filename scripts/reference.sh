@@ -63,6 +63,14 @@ run configs/cpu/tuned_cnn_36px_one_cycle_flip_shift_mixup.yaml --name cpu-tuned_
 run configs/cpu/tuned_cnn_36px_one_cycle_flip_shift_30_epochs.yaml --name cpu-tuned_cnn_36px_one_cycle_flip_shift_30_epochs
 run configs/cpu/tuned_cnn_36px_one_cycle_flip_shift_30_epochs_continued_sqrt_weights.yaml \
   --name cpu-tuned_cnn_36px_one_cycle_flip_shift_30_epochs_continued_sqrt_weights
+# The flip-shift hour at 48 px in bfloat16 (an hour on a CPU with AMX-BF16 or AVX-512 BF16), its weighted stage 2,
+# and the same hour with seed 7.
+run configs/cpu/tuned_cnn_48px_one_cycle_flip_shift_bf16.yaml --name cpu-tuned_cnn_48px_one_cycle_flip_shift_bf16 \
+  --set runtime.mixed_precision=true
+run configs/cpu/tuned_cnn_48px_one_cycle_flip_shift_bf16_continued_sqrt_weights.yaml \
+  --name cpu-tuned_cnn_48px_one_cycle_flip_shift_bf16_continued_sqrt_weights --set runtime.mixed_precision=true
+run configs/cpu/tuned_cnn_48px_one_cycle_flip_shift_bf16_seed7.yaml --name cpu-tuned_cnn_48px_one_cycle_flip_shift_bf16_seed7 \
+  --set runtime.mixed_precision=true
 # The float32 and bfloat16 two-stage CNNs averaged (not shipped: README "The shipped model").
 fer-bench ensemble "$out/cpu-tuned_cnn_continued_sqrt_weights" "$out/cpu-tuned_cnn-bf16_continued_sqrt_weights" \
   --name ensemble-tuned-cnn-float32-bfloat16 --results-dir "$out" --tta flip --data-dir "$data"
