@@ -190,8 +190,11 @@ def trained_runs(tmp_path_factory, fer_folder) -> Path:
     from fer_bench.runs.runner import run_experiment
 
     results = tmp_path_factory.mktemp("results")
+    # float32 on every CPU: `auto` would train in bfloat16 where the CPU has a unit for it, and the ensemble tests
+    # need members that predict in float32 (the one that tests a bfloat16 member trains its own).
     overrides = ["data.classes=[angry, happy, surprise]", "train.epochs=3", "train.batch_size=8",
-                 "model.params.filters=[8, 16]", "model.params.dense_units=16", "model.params.dropout=0.1"]
+                 "model.params.filters=[8, 16]", "model.params.dense_units=16", "model.params.dropout=0.1",
+                 "runtime.mixed_precision=false"]
     for config, seed in (("custom_cnn", 1), ("custom_cnn_aug", 2)):
         exp = load_experiment(REPO / "configs" / f"{config}.yaml", overrides + [f"train.seed={seed}"])
         run_experiment(exp, data_dir=fer_folder, results_dir=results)

@@ -314,7 +314,8 @@ def test_train_time_follows_a_continued_run_back_to_its_first_stage_and_counts_a
     first = trained_runs / "custom_cnn"
     first_seconds = json.loads((first / "metrics.json").read_text())["training_seconds"]
     overrides = ["data.classes=[angry, happy, surprise]", "train.epochs=1", "train.batch_size=8",
-                 "model.params.filters=[8, 16]", "model.params.dense_units=16", f"model.weights={first / 'model.keras'}"]
+                 "model.params.filters=[8, 16]", "model.params.dense_units=16", f"model.weights={first / 'model.keras'}",
+                 "runtime.mixed_precision=false"]  # float32 on every CPU, as its first stage (conftest.trained_runs)
     exp = load_experiment(REPO / "configs" / "custom_cnn.yaml", overrides + ["name=second"])
     second = run_experiment(exp, data_dir=fer_folder, results_dir=tmp_path)
     metrics = json.loads((second / "metrics.json").read_text())
