@@ -71,9 +71,11 @@ run configs/cpu/tuned_cnn_48px_one_cycle_flip_shift_bf16_continued_sqrt_weights.
   --name cpu-tuned_cnn_48px_one_cycle_flip_shift_bf16_continued_sqrt_weights --set runtime.mixed_precision=true
 run configs/cpu/tuned_cnn_48px_one_cycle_flip_shift_bf16_seed7.yaml --name cpu-tuned_cnn_48px_one_cycle_flip_shift_bf16_seed7 \
   --set runtime.mixed_precision=true
-# The same hour with random erasing.
+# The same hour with random erasing (the best hour), with its seed and with seed 7.
 run configs/cpu/tuned_cnn_48px_one_cycle_flip_shift_erasing_bf16.yaml --name cpu-tuned_cnn_48px_one_cycle_flip_shift_erasing_bf16 \
   --set runtime.mixed_precision=true
+run configs/cpu/tuned_cnn_48px_one_cycle_flip_shift_erasing_bf16.yaml --name cpu-tuned_cnn_48px_one_cycle_flip_shift_erasing_bf16_seed7 \
+  --set runtime.mixed_precision=true --set train.seed=7
 # The float32 and bfloat16 two-stage CNNs averaged (not shipped: README "The shipped model").
 fer-bench ensemble "$out/cpu-tuned_cnn_continued_sqrt_weights" "$out/cpu-tuned_cnn-bf16_continued_sqrt_weights" \
   --name ensemble-tuned-cnn-float32-bfloat16 --results-dir "$out" --tta flip --data-dir "$data"
