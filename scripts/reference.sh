@@ -109,6 +109,10 @@ python scripts/ship_model.py "$out/ensemble-tuned-cnn-48px-bf16-2-seeds"
 fer-bench ensemble "$out/cpu-tuned_cnn_48px_one_cycle_flip_shift_bf16" \
   "$out/cpu-tuned_cnn_48px_one_cycle_flip_shift_bf16_continued_sqrt_weights" "$out/cpu-tuned_cnn_48px_one_cycle_flip_shift_bf16_seed7" \
   --name ensemble-tuned-cnn-48px-bf16-two-and-a-half-hours --results-dir "$out" --tta flip --data-dir "$data"
+# The same budget once the erasing hour had two seeds: the first hour's stage 2 and the erasing hour's seed 7.
+fer-bench ensemble "$out/cpu-tuned_cnn_48px_one_cycle_flip_shift_bf16_continued_sqrt_weights" \
+  "$out/cpu-tuned_cnn_48px_one_cycle_flip_shift_erasing_bf16_seed7" \
+  --name ensemble-tuned-cnn-48px-bf16-erasing-two-hours --results-dir "$out" --tta flip --data-dir "$data"
 python scripts/detectors.py --data-dir "$data" --model src/fer_bench/shipped --out results/benchmark
 fer-bench compare "$out"
 # README's reference tables are this script's output: python scripts/reference_section.py
