@@ -69,8 +69,8 @@ run configs/cpu/tuned_cnn_48px_one_cycle_flip_shift_bf16.yaml --name cpu-tuned_c
   --set runtime.mixed_precision=true
 run configs/cpu/tuned_cnn_48px_one_cycle_flip_shift_bf16_continued_sqrt_weights.yaml \
   --name cpu-tuned_cnn_48px_one_cycle_flip_shift_bf16_continued_sqrt_weights --set runtime.mixed_precision=true
-run configs/cpu/tuned_cnn_48px_one_cycle_flip_shift_bf16_seed7.yaml --name cpu-tuned_cnn_48px_one_cycle_flip_shift_bf16_seed7 \
-  --set runtime.mixed_precision=true
+run configs/cpu/tuned_cnn_48px_one_cycle_flip_shift_bf16.yaml --name cpu-tuned_cnn_48px_one_cycle_flip_shift_bf16_seed7 \
+  --set runtime.mixed_precision=true --set train.seed=7
 # The same hour with random erasing (the best hour), with its seed and with seed 7.
 run configs/cpu/tuned_cnn_48px_one_cycle_flip_shift_erasing_bf16.yaml --name cpu-tuned_cnn_48px_one_cycle_flip_shift_erasing_bf16 \
   --set runtime.mixed_precision=true

@@ -49,7 +49,6 @@ NOT_TRAINED = ("cpu/custom_cnn.yaml", "cpu/hog_rf.yaml", "cpu/hog_svm.yaml", "cp
                "cpu/tuned_cnn_36px_one_cycle_flip_shift_sgd.yaml", "cpu/tuned_cnn_36px_one_cycle_lean_first_block.yaml",
                "cpu/tuned_cnn_48px_one_cycle_flip_shift_bf16.yaml",
                "cpu/tuned_cnn_48px_one_cycle_flip_shift_bf16_continued_sqrt_weights.yaml",
-               "cpu/tuned_cnn_48px_one_cycle_flip_shift_bf16_seed7.yaml",
                "cpu/tuned_cnn_48px_one_cycle_flip_shift_erasing_bf16.yaml",
                "cpu/tuned_cnn_continued.yaml", "cpu/tuned_cnn_continued_sqrt_weights.yaml",
                "cpu/tuned_cnn_seed7_sqrt_weights.yaml", "rf_cnn_features.yaml", "svm_cnn_features.yaml", "vgg16.yaml")
